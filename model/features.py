@@ -1,0 +1,81 @@
+"""Batched log-mel filterbanks on the model's device, numerically matching ``torchaudio.compliance.kaldi.fbank``.
+
+``kaldi.fbank`` handles one utterance at a time on the CPU. The service decodes padded batches, so this module
+frames a whole ``(B, N)`` batch at once with the same window, pre-emphasis, DC removal, FFT size and mel banks
+(taken from torchaudio itself), and returns per-utterance frame counts so padding never leaks into features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchaudio.compliance import kaldi
+
+from .config import FeatureConfig
+
+INT16_SCALE = 32768.0  # kaldi convention: features of int16-scaled samples
+
+
+def num_frames(num_samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Frames kaldi produces with ``snip_edges=True``: only whole windows count."""
+    frames = torch.div(num_samples - cfg.win_length, cfg.hop_length, rounding_mode="floor") + 1
+    return frames.clamp(min=0)
+
+
+def mel_banks(cfg: FeatureConfig, n_fft: int, warp: float = 1.0) -> torch.Tensor:
+    """Kaldi mel filters, ``(n_mels, n_fft // 2 + 1)``; ``warp`` != 1 gives VTLN/VTLP frequency warping."""
+    banks, _ = kaldi.get_mel_banks(cfg.n_mels, n_fft, float(cfg.sample_rate), cfg.low_freq, 0.0, 100.0, -500.0, warp)
+    return torch.nn.functional.pad(banks, (0, 1))
+
+
+class FilterbankFeatures(nn.Module):
+    """Padded waveforms ``(B, N)`` in [-1, 1] and lengths ``(B,)`` -> log-mel ``(B, T, n_mels)`` and lengths."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_fft = 1 << (cfg.win_length - 1).bit_length()
+        window = torch.hann_window(cfg.win_length, periodic=False, dtype=torch.float64).pow(0.85).float()
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("banks", mel_banks(cfg, self.n_fft), persistent=False)
+
+    @torch.no_grad()
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, warp: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        x = waveforms.float() * INT16_SCALE
+        if x.shape[1] < cfg.win_length:
+            x = nn.functional.pad(x, (0, cfg.win_length - x.shape[1]))
+        frames = x.unfold(1, cfg.win_length, cfg.hop_length)  # (B, T, W)
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        shifted = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = (frames - cfg.preemphasis * shifted) * self.window
+        frames = nn.functional.pad(frames, (0, self.n_fft - cfg.win_length))
+        power = torch.fft.rfft(frames, dim=-1).abs().pow(2)
+        if warp is None:
+            mel = power @ self.banks.T
+        else:
+            banks = torch.stack([mel_banks(cfg, self.n_fft, float(w)) for w in warp.tolist()]).to(power)
+            mel = torch.einsum("btf,bmf->btm", power, banks)
+        feats = mel.clamp(min=torch.finfo(mel.dtype).eps).log()
+        feat_lengths = num_frames(lengths.to(feats.device), cfg)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lengths[:, None]
+        return feats * valid[..., None], feat_lengths
+
+
+class GlobalCMVN(nn.Module):
+    """Global mean/variance normalisation; the statistics come from the training set and live in the checkpoint."""
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("istd", torch.ones(n_mels))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.istd.copy_(1.0 / std.clamp(min=1e-5))
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
+        return (feats - self.mean) * self.istd * valid[..., None]

@@ -1,0 +1,116 @@
+"""The entry point the service and the CLI call: waveforms in, transcripts out."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .decoding import DecodeOptions, beam_search
+from .features import FilterbankFeatures, GlobalCMVN
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIN_SAMPLES = 1200  # the shortest input that still leaves one encoder frame (75 ms at 16 kHz)
+
+
+@dataclass(frozen=True)
+class NBest:
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    text: str
+    score: float
+    n_best: tuple[NBest, ...]
+    duration: float
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or 'auto'")
+    if device.type == "cpu" and dtype == "float16":
+        raise ValueError("float16 is CUDA-only; use bfloat16 on the CPU")
+    return DTYPES[dtype]
+
+
+def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with zeros; inputs shorter than one encoder frame are padded up to it (they decode to silence)."""
+    tensors = [torch.as_tensor(w, dtype=torch.float32).flatten() for w in waveforms]
+    lengths = torch.tensor([max(t.numel(), MIN_SAMPLES) for t in tensors])
+    batch = torch.zeros(len(tensors), int(lengths.max()))
+    for i, t in enumerate(tensors):
+        batch[i, : t.numel()] = t
+    return batch.to(device), lengths.to(device)
+
+
+class Recognizer:
+    """A loaded checkpoint on one device, ready to transcribe batches of 16 kHz mono float waveforms."""
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+        self.ckpt = ckpt
+        self.device, self.dtype = device, dtype
+        self.model = ckpt.model.to(device).eval()
+        self.tokenizer = ckpt.tokenizer
+        self.features = FilterbankFeatures(ckpt.features).to(device)
+        self.cmvn = GlobalCMVN(ckpt.features.n_mels).to(device)
+        self.cmvn.set_stats(ckpt.cmvn_mean.to(device), ckpt.cmvn_std.to(device))
+        self.name = ckpt.name
+
+    @classmethod
+    def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto") -> "Recognizer":
+        dev = pick_device(device)
+        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.ckpt.features.sample_rate
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Encoder output ``(B, T, d)``, its lengths, and CTC log-probabilities (None without a CTC head)."""
+        wav, lengths = pad_batch(waveforms, self.device)
+        feats, feat_lengths = self.features(wav, lengths)
+        feats = self.cmvn(feats, feat_lengths)
+        with self._autocast():
+            memory, enc_lengths = self.model.encoder(feats, feat_lengths)
+            head = self.model.ctc_head
+            ctc = head(memory).float().log_softmax(-1) if head is not None else None
+        return memory, enc_lengths, ctc
+
+    @torch.inference_mode()
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray | torch.Tensor], options: DecodeOptions | None = None
+    ) -> list[TranscriptionResult]:
+        """Transcribe a batch together; each result is independent of what else was in the batch."""
+        if not waveforms:
+            return []
+        opts = options or DecodeOptions()
+        memory, lengths, ctc = self.encode(waveforms)
+        with self._autocast():
+            nbest = beam_search(self.model, memory, lengths, opts, ctc)
+        results = []
+        for wav, hyps in zip(waveforms, nbest):
+            entries = tuple(NBest(self.tokenizer.decode(h.tokens), h.score) for h in hyps)
+            best = entries[0] if entries else NBest("", float("-inf"))
+            results.append(TranscriptionResult(best.text, best.score, entries, len(wav) / self.sample_rate))
+        return results

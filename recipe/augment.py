@@ -1,0 +1,105 @@
+"""Waveform augmentation that makes synthetic speech look more like real recordings.
+
+Each utterance copy draws its own chain: speed perturbation (tempo and pitch together, by resampling), gain, a
+random microphone-like band limit, synthetic room reverberation, and additive noise (white, pink, brown, hum or
+babble from other utterances) at a random SNR. Frequency warping (VTLP) happens in the filterbank, so it is
+returned as a warp factor for the feature extractor rather than applied here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    speed: tuple[float, float] = (0.9, 1.1)
+    vtlp: tuple[float, float] = (0.88, 1.12)
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    p_reverb: float = 0.4
+    rt60: tuple[float, float] = (0.15, 0.7)
+    p_noise: float = 0.6
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    p_band: float = 0.4
+
+
+def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+    noise = np.fft.irfft(spec / freqs ** (exponent / 2), n)
+    return (noise / (noise.std() + 1e-9)).astype(np.float32)
+
+
+def hum(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    base = rng.choice([50.0, 60.0])
+    t = np.arange(n) / rate
+    wave = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * base * k * t + rng.uniform(0, 6.3)) for k in range(1, 6))
+    wave = wave + 0.3 * colored_noise(n, 1.0, rng)
+    return (wave / (wave.std() + 1e-9)).astype(np.float32)
+
+
+def room_impulse(rate: int, rng: np.random.Generator, rt60: float) -> np.ndarray:
+    """Exponentially decaying noise tail after a direct-path impulse: a cheap diffuse-field room model."""
+    n = int(rate * rt60 * 1.2)
+    t = np.arange(n) / rate
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    delay = int(rate * rng.uniform(0.002, 0.02))
+    rir = np.zeros(n + delay, dtype=np.float64)
+    rir[delay:] = tail * rng.uniform(0.1, 0.5)
+    rir[0] = 1.0
+    return (rir / np.sqrt((rir**2).sum())).astype(np.float32)
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    p_speech = float(np.mean(speech**2)) + 1e-10
+    p_noise = float(np.mean(noise**2)) + 1e-10
+    return speech + noise * math.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))
+
+
+def babble(n: int, others: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    for other in others:
+        if other.size == 0:
+            continue
+        reps = int(math.ceil(n / other.size))
+        seg = np.tile(other, reps)[:n]
+        out += np.roll(seg, int(rng.integers(0, n))) / (seg.std() + 1e-9)
+    return out
+
+
+def augment(
+    wave: np.ndarray, rate: int, rng: np.random.Generator, cfg: AugmentConfig, others: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, float]:
+    """Return (augmented waveform, VTLP warp factor for the filterbank)."""
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    speed = round(rng.uniform(*cfg.speed), 2)  # 1% steps keep the resampling ratio small (e.g. 101/100)
+    if speed != 1.0:
+        # Treat the audio as if recorded at rate*speed and resample to rate: faster and higher for speed > 1.
+        x = AF.resample(x, int(round(speed * 100)) * rate // 100, rate)
+    if rng.random() < cfg.p_band:
+        x = AF.highpass_biquad(x, rate, float(rng.uniform(60, 400)))
+        x = AF.lowpass_biquad(x, rate, float(rng.uniform(3000, 7500)))
+    y = x.numpy().astype(np.float32)
+    if rng.random() < cfg.p_reverb:
+        rir = room_impulse(rate, rng, float(rng.uniform(*cfg.rt60)))
+        y = AF.fftconvolve(torch.from_numpy(y), torch.from_numpy(rir)).numpy()[: y.size]
+    if rng.random() < cfg.p_noise:
+        kind = rng.choice(["white", "pink", "brown", "hum", "babble"])
+        if kind == "babble" and others:
+            picks = [others[int(i)] for i in rng.integers(0, len(others), size=int(rng.integers(2, 6)))]
+            noise = babble(y.size, picks, rng)
+        elif kind == "hum":
+            noise = hum(y.size, rate, rng)
+        else:
+            noise = colored_noise(y.size, {"white": 0.0, "pink": 1.0, "brown": 2.0}.get(str(kind), 1.0), rng)
+        y = mix_at_snr(y, noise, float(rng.uniform(*cfg.snr_db)))
+    peak = float(np.abs(y).max()) + 1e-9
+    target = min(10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.5, 0.99)
+    y = y * (target / peak)
+    return y.astype(np.float32), float(rng.uniform(*cfg.vtlp))

