@@ -8,6 +8,7 @@ active batch, so each step's compute tracks the live hypotheses.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +139,10 @@ def _rank(
         ctc = _ctc_scores(ctc_logprobs[i, : int(lengths[i])], [h for h, _ in hyps]) if ctc_logprobs is not None and opts.ctc_weight > 0 else None
         ranked = []
         for j, (seq, att) in enumerate(hyps):
-            joint = att if ctc is None else (1 - opts.ctc_weight) * att + opts.ctc_weight * ctc[j]
+            joint = att
+            if ctc is not None:
+                # CTC cannot emit more labels than frames: such hypotheses rank below every possible one.
+                joint = (1 - opts.ctc_weight) * att + opts.ctc_weight * ctc[j] if math.isfinite(ctc[j]) else att - 1e4
             ranked.append(Hypothesis(seq, _normalise(joint, len(seq) + 1, opts.length_penalty), att, None if ctc is None else ctc[j]))
         ranked.sort(key=lambda h: h.score, reverse=True)
         results.append(ranked[: opts.n_best])
@@ -147,8 +151,8 @@ def _rank(
 
 def _ctc_scores(logprobs: torch.Tensor, seqs: list[tuple[int, ...]], blank: int = 0) -> list[float]:
     """CTC log-likelihood of each candidate transcript given one utterance's ``(T, V)`` CTC log-probabilities."""
-    if not seqs:
-        return []
+    if not seqs or logprobs.shape[0] == 0:
+        return [float("-inf")] * len(seqs)
     n, frames = len(seqs), logprobs.shape[0]
     targets = torch.tensor([tok for s in seqs for tok in s], dtype=torch.long)
     lp = logprobs.float().cpu()[:, None, :].expand(frames, n, -1)

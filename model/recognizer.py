@@ -15,7 +15,7 @@ from .decoding import DecodeOptions, beam_search
 from .features import FilterbankFeatures, GlobalCMVN
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MIN_SAMPLES = 1200  # the shortest input that still leaves one encoder frame (75 ms at 16 kHz)
+MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], device: torch.devi
 
 class Recognizer:
     """A loaded checkpoint on one device, ready to transcribe batches of 16 kHz mono float waveforms."""
+
+    # Longest input decoded in one piece; the training data are single sentences of a few seconds, so longer
+    # audio is split at pauses by the caller (the service's VAD).
+    max_segment_seconds: float = 20.0
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
         self.ckpt = ckpt
