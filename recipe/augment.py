@@ -56,6 +56,12 @@ def room_impulse(rate: int, rng: np.random.Generator, rt60: float) -> np.ndarray
     return (rir / np.sqrt((rir**2).sum())).astype(np.float32)
 
 
+def convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Linear convolution via a power-of-two real FFT, truncated to the input length."""
+    n = 1 << (x.size + h.size - 2).bit_length()
+    return np.fft.irfft(np.fft.rfft(x, n) * np.fft.rfft(h, n), n)[: x.size].astype(np.float32)
+
+
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     p_speech = float(np.mean(speech**2)) + 1e-10
     p_noise = float(np.mean(noise**2)) + 1e-10
@@ -88,7 +94,7 @@ def augment(
     y = x.numpy().astype(np.float32)
     if rng.random() < cfg.p_reverb:
         rir = room_impulse(rate, rng, float(rng.uniform(*cfg.rt60)))
-        y = AF.fftconvolve(torch.from_numpy(y), torch.from_numpy(rir)).numpy()[: y.size]
+        y = convolve(y, rir)
     if rng.random() < cfg.p_noise:
         kind = rng.choice(["white", "pink", "brown", "hum", "babble"])
         if kind == "babble" and others:
