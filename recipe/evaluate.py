@@ -1,0 +1,93 @@
+"""Word and character error rates of a checkpoint on a manifest, per voice, plus the real-time factor.
+
+    python -m recipe.evaluate --weights weights --manifest data/corpus/test_seen.jsonl [--beam 5] [--report out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import torch
+
+from model.audio import decode_audio
+from model.decoding import DecodeOptions
+from model.recognizer import Recognizer
+
+from .manifest import read_manifest
+
+
+def score(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    return {"wer": round(jiwer.wer(refs, hyps), 4), "cer": round(jiwer.cer(refs, hyps), 4), "utterances": len(refs)}
+
+
+def _group(by_voice: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Voices are ``engine:name``: pool them per engine (hundreds of espeak variants are too many to list)."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for voice, ix in by_voice.items():
+        out[voice.split(":")[0]].extend(ix)
+    return out
+
+
+def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_size: int = 16) -> dict[str, Any]:
+    utts = read_manifest(manifest)
+    waves = [decode_audio(u.audio.read_bytes(), rec.sample_rate)[0] for u in utts]
+    order = sorted(range(len(utts)), key=lambda i: waves[i].size)  # similar lengths batch with little padding
+    hyps: dict[int, str] = {}
+    start = time.perf_counter()
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        for i, r in zip(idx, rec.transcribe([waves[i] for i in idx], opts)):
+            hyps[i] = r.text
+    wall = time.perf_counter() - start
+    audio_s = sum(w.size for w in waves) / rec.sample_rate
+    by_voice: dict[str, list[int]] = defaultdict(list)
+    for i, u in enumerate(utts):
+        by_voice[u.voice].append(i)
+    refs = [u.text for u in utts]
+    out = {
+        "manifest": str(manifest),
+        **score(refs, [hyps[i] for i in range(len(utts))]),
+        "audio_seconds": round(audio_s, 1),
+        "rtf": round(wall / audio_s, 4),
+        "per_engine": {e: score([refs[i] for i in ix], [hyps[i] for i in ix]) for e, ix in sorted(_group(by_voice).items())},
+        "per_voice": {v: score([refs[i] for i in ix], [hyps[i] for i in ix]) for v, ix in sorted(by_voice.items())},
+        "examples": [{"ref": refs[i], "hyp": hyps[i]} for i in range(min(5, len(utts)))],
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--manifest", required=True, action="append", help="may be given several times")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--ctc-weight", type=float, default=0.3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--report", default=None, help="write the JSON report here")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rec = Recognizer.load(a.weights, device="cpu")
+    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight)
+    reports = []
+    for m in a.manifest:
+        r = evaluate(rec, m, opts, a.batch_size)
+        reports.append(r)
+        print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}")
+        for v, s in r["per_engine"].items():
+            print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
+    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "reports": reports}
+    if a.report:
+        Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}))
+
+
+if __name__ == "__main__":
+    main()
