@@ -226,7 +226,8 @@ def main() -> None:
                 break
         else:
             epoch, skip = epoch + 1, 0
-            record({"event": "epoch", "epoch": epoch, "step": step})
+            dev = evaluate(model, dev_set, tokenizer, mean, std, tcfg, device) if tcfg.get("eval_each_epoch", True) else {}
+            record({"event": "epoch", "epoch": epoch, "step": step, **dev})
     bar.close()
 
     # Export the average of the last snapshots as the final checkpoint.

@@ -130,6 +130,15 @@ def test_output_length_is_bounded_by_encoder_length(net: SpeechTransformer) -> N
     assert len(hyps[0][0].tokens) < int(enc_lens[0])
 
 
+def test_the_papers_configuration_is_expressible() -> None:
+    cfg = ModelConfig(vocab_size=512, d_model=256, n_heads=4, encoder_layers=12, decoder_layers=6, d_ff=2048)
+    net = SpeechTransformer(cfg)
+    assert len(net.encoder.blocks) == 12 and len(net.decoder.blocks) == 6
+    assert net.encoder.blocks[0].ff[0].out_features == 2048
+    with pytest.raises(ValueError):
+        ModelConfig(vocab_size=512, d_model=250, n_heads=4)
+
+
 def test_decode_options_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         DecodeOptions(beam_size=0)

@@ -79,7 +79,7 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
         "train": {"peak_lr": 0.004, "warmup_steps": 20, "weight_decay": 0.0, "max_batch_frames": 100000,
                   "label_smoothing": 0.0, "ctc_weight": 0.3, "grad_clip": 5.0, "epochs": 1000,
                   "spec_freq_masks": 0, "spec_freq_width": 0, "spec_time_masks": 0, "spec_time_width": 0,
-                  "eval_every": 1000, "snapshot_every": 25, "average_last": 1, "feature_copies": 1, "seed": 0},
+                  "eval_every": 1000, "eval_each_epoch": False, "snapshot_every": 25, "average_last": 1, "feature_copies": 1, "seed": 0},
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     out = tmp_path / "run"
