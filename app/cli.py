@@ -1,0 +1,152 @@
+"""``speech-transformer``: serve, transcribe files locally, talk to a running server, probe its health."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+BATCH = 16
+STARTUP_FAILURE = 3  # the exit status uvicorn's own command line uses when start-up fails
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from model.checkpoint import CONFIG
+
+    from .config import Settings
+    from .main import create_app, server_config
+    from .observability import configure_logging
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("weights", args.weights)) if v is not None}
+    settings = Settings(**overrides)
+    if not (settings.weights / CONFIG).is_file():  # say it plainly, before uvicorn wraps it in a traceback
+        print(f"error: no checkpoint at {settings.weights} (pass --weights DIR or set ASR_WEIGHTS)", file=sys.stderr)
+        return STARTUP_FAILURE
+    configure_logging(settings.log_level)
+    server = uvicorn.Server(server_config(create_app(settings), settings))
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits this way when the app's start-up fails
+        return int(e.code or STARTUP_FAILURE)
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    """Decode files in one batch with the recognizer itself (no server); one transcript per line, in order."""
+    from model.audio import AudioError, decode_audio
+    from model.decoding import DecodeOptions
+    from model.recognizer import Recognizer
+
+    from .config import DEFAULT_WEIGHTS
+    from .segmenter import plan_segments
+    from .vad import SpeechDetector
+
+    recognizer = Recognizer.load(args.weights or DEFAULT_WEIGHTS, device=args.device)
+    detector = SpeechDetector()
+    rate, status = recognizer.sample_rate, 0
+    pieces: list = []  # every segment of every file, decoded BATCH at a time
+    owners: list[int] = []
+    for i, path in enumerate(args.files):
+        try:
+            audio, _ = decode_audio(Path(path), target_rate=rate)
+        except (AudioError, OSError) as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        for a, b in plan_segments(detector, audio, rate, recognizer.max_segment_seconds):
+            pieces.append(audio[a:b])
+            owners.append(i)
+    options = DecodeOptions(beam_size=args.beam)
+    results = [r for i in range(0, len(pieces), BATCH) for r in recognizer.transcribe(pieces[i: i + BATCH], options)]
+    texts: list[list[str]] = [[] for _ in args.files]
+    for owner, result in zip(owners, results):
+        if result.text:
+            texts[owner].append(result.text)
+    for parts in texts:
+        print(" ".join(parts))
+    return status
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client import stream_file, transcribe_file
+
+    if not args.stream:
+        print(transcribe_file(args.url, args.file, api_key=args.api_key, beam_size=args.beam)["text"])
+        return 0
+
+    def show(message: dict) -> None:
+        kind = message.get("type")
+        if kind == "partial":
+            print(f"... {message['text']}", flush=True)
+        elif kind == "final":
+            print(f"[{message['start']:7.2f} - {message['end']:7.2f}] {message['text']}", flush=True)
+        elif kind == "error":
+            print(f"error: {message['message']}", file=sys.stderr, flush=True)
+
+    stream_file(args.url, args.file, api_key=args.api_key, beam_size=args.beam, realtime=args.realtime,
+                on_message=show)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when ``/healthz`` answers 200 (the container's HEALTHCHECK)."""
+    import httpx
+
+    from .config import Settings
+
+    url = args.url or f"http://127.0.0.1:{Settings().port}"
+    try:
+        ok = httpx.get(f"{url.rstrip('/')}/healthz", timeout=args.timeout).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speech-transformer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP/WebSocket server (settings from ASR_* environment variables)")
+    p.add_argument("--host", help="bind address (ASR_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (ASR_PORT, default 8000)")
+    p.add_argument("--weights", type=Path, help="checkpoint directory (ASR_WEIGHTS, default the shipped weights/)")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files locally, one line per file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--weights", type=Path, help="checkpoint directory (default the shipped weights/)")
+    p.add_argument("--beam", type=int, default=5, help="beam width (default 5)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(run=_transcribe)
+
+    p = sub.add_parser("client", help="send a file to a running server")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--stream", action="store_true", help="stream over the WebSocket API, printing partials")
+    p.add_argument("--realtime", action="store_true", help="with --stream: pace the audio like a microphone")
+    p.add_argument("--beam", type=int, help="beam width")
+    p.add_argument("--api-key", help="bearer token, if the server has ASR_API_KEY set")
+    p.set_defaults(run=_client)
+
+    p = sub.add_parser("health", help="exit 0 if the server's /healthz answers (for container health checks)")
+    p.add_argument("--url", help="server URL (default http://127.0.0.1:$ASR_PORT)")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(run=_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Every knob of the service, read once from ``ASR_*`` environment variables into one typed object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The shipped checkpoint sits beside the packages, so `speech-transformer serve` works with no arguments.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+class Settings(BaseSettings):
+    """Service settings; each field ``name`` is read from ``ASR_NAME`` (e.g. ``ASR_MAX_BATCH_SIZE=16``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", extra="ignore")
+
+    # Model
+    weights: Path = DEFAULT_WEIGHTS
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="intra-op CPU threads (default: torch's choice)")
+
+    # Dynamic batching
+    max_batch_size: int = Field(16, ge=1, le=256)
+    max_batch_audio_seconds: float = Field(160.0, gt=0, description="padded audio per batch: items x longest item")
+    max_wait_ms: float = Field(20.0, ge=0, description="how long a batch waits for more work once it has one item")
+    max_incoming_wait_ms: float = Field(250.0, ge=0, description="longer wait while uploads are still being decoded")
+    queue_depth: int = Field(128, ge=1, description="pending segments before new requests get 429")
+    retry_after_s: int = Field(1, ge=1)
+
+    # Requests
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    max_audio_seconds: float = Field(600.0, gt=0)
+    default_beam_size: int = Field(5, ge=1)
+    max_beam_size: int = Field(16, ge=1)
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+
+    # WebSocket streaming
+    max_streams: int = Field(64, ge=1)
+    stream_max_frame_bytes: int = Field(1024 * 1024, ge=2)
+    stream_max_seconds: float = Field(3600.0, gt=0, description="audio one session may send")
+    stream_idle_timeout_s: float = Field(60.0, gt=0)
+    stream_partial_interval_ms: float = Field(500.0, gt=0)
+    stream_endpoint_silence_ms: float = Field(500.0, gt=0)
+    stream_partial_beam_size: int = Field(1, ge=1)
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept ``ASR_CORS_ORIGINS=https://a.example,https://b.example`` as well as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

@@ -1,0 +1,110 @@
+"""The app factory and its lifespan: load the checkpoint once, warm it up, start the engine, drain at exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from model.checkpoint import CONFIG
+
+from .config import Settings
+from .engine import BatchingEngine, BatchPolicy
+from .errors import install_error_handlers
+from .observability import RequestContext, configure_logging
+from .routes import health, openai, stream, transcribe
+from .state import ServiceState
+from .transcriber import TranscriptionService
+from .vad import SpeechDetector
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+
+async def _load(state: ServiceState) -> None:
+    """Runs in the background so /healthz answers (and /readyz says 'loading') while the model loads."""
+    s = state.settings
+    try:
+        worker = await asyncio.to_thread(ModelWorker.load, s.weights, s.device, s.dtype, s.torch_threads)
+        await asyncio.to_thread(worker.warm_up, s.default_beam_size)
+    except Exception as e:  # a bad checkpoint must not kill the process silently: /readyz reports it
+        log.exception("could not load the model from %s", s.weights)
+        state.phase, state.error = "failed", f"{type(e).__name__}: {e}"
+        return
+    policy = BatchPolicy(max_items=s.max_batch_size, max_padded_seconds=s.max_batch_audio_seconds,
+                         max_wait_s=s.max_wait_ms / 1000, max_incoming_wait_s=s.max_incoming_wait_ms / 1000,
+                         queue_depth=s.queue_depth)
+    engine = BatchingEngine(worker.run, policy, state.metrics, worker.sample_rate)
+    engine.start()
+    state.worker, state.engine, state.created = worker, engine, int(time.time())
+    state.transcriber = TranscriptionService(engine, state.detector, sample_rate=worker.sample_rate,
+                                             max_segment_s=worker.max_segment_seconds,
+                                             max_audio_s=s.max_audio_seconds, retry_after_s=s.retry_after_s)
+    state.phase = "ready"
+    state.metrics.ready.set(1)
+    log.info("ready: %s, batches of up to %d segments / %.0f padded s, %.0f ms wait, queue %d",
+             worker.name, s.max_batch_size, s.max_batch_audio_seconds, s.max_wait_ms, s.queue_depth)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    settings = state.settings
+    configure_logging(settings.log_level)
+    if not (settings.weights / CONFIG).is_file():
+        raise RuntimeError(f"no checkpoint at {settings.weights} (set ASR_WEIGHTS to a directory with {CONFIG})")
+    state.detector = SpeechDetector(settings.vad_threshold)
+    loader = asyncio.create_task(_load(state))
+    try:
+        yield
+    finally:
+        state.phase = "stopping"
+        state.metrics.ready.set(0)
+        if not loader.done():
+            loader.cancel()
+        if state.engine is not None:
+            drained = await asyncio.to_thread(state.engine.stop, settings.shutdown_timeout_s)
+            log.info("engine stopped (%s)", "drained" if drained else "timed out; pending work failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A fresh app with its own settings, metrics registry and (once started) model and engine."""
+    settings = settings or Settings()
+    state = ServiceState(settings)
+    app = FastAPI(title="Speech-Transformer ASR", version="0.1.0", lifespan=lifespan,
+                  description="Speech recognition with dynamic batching: REST, OpenAI-compatible and WebSocket "
+                              "streaming APIs.")
+    app.state.service = state
+    app.state.settings = settings
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", "X-Ignored-Parameters"])
+    app.add_middleware(RequestContext, metrics=state.metrics)
+    for module in (health, transcribe, openai, stream):
+        app.include_router(module.router)
+    return app
+
+
+def server_config(app: FastAPI, settings: Settings, *, host: str | None = None, port: int | None = None) -> uvicorn.Config:
+    """The one uvicorn configuration, shared by ``speech-transformer serve``, the tests and the benchmark."""
+    return uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=settings.log_level,
+        log_config=None,  # our handler (with request ids) on the root logger does the formatting
+        access_log=False,  # RequestContext writes one line per request, with its id
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        # Frames over our own limit get an error message and a 1009 close from the route; the protocol-level
+        # cap only stops absurd frames before they are buffered whole.
+        ws_max_size=2 * settings.stream_max_frame_bytes + 1024,
+        lifespan="on",
+    )

@@ -1,0 +1,49 @@
+"""Small helpers the upload routes share."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+
+from model.decoding import DecodeOptions
+
+from ..config import Settings
+from ..errors import ApiError
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def form_int(fields: dict[str, str], name: str) -> int | None:
+    """An integer multipart field, or None when absent; 422 when it is not an integer."""
+    raw = fields.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(422, f"{name}: must be an integer, got {raw!r}") from None
+
+
+def first_given(*values: int | None) -> int | None:
+    """The first value that is not None (a form field wins over the query string)."""
+    return next((v for v in values if v is not None), None)
+
+
+def decode_options(settings: Settings, beam_size: int | None, n_best: int | None) -> DecodeOptions:
+    beam = settings.default_beam_size if beam_size is None else beam_size
+    if not 1 <= beam <= settings.max_beam_size:
+        raise ApiError(422, f"beam_size: must be between 1 and {settings.max_beam_size}, got {beam}")
+    try:
+        return DecodeOptions(beam_size=beam, n_best=1 if n_best is None else n_best)
+    except ValueError as e:
+        raise ApiError(422, str(e)) from e
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (call only once the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # a stray empty body message: keep listening without spinning

@@ -1,0 +1,120 @@
+"""The OpenAI-compatible subset: ``POST /v1/audio/transcriptions`` and ``GET /v1/models``.
+
+The official ``openai`` client works unchanged with ``base_url="http://HOST:PORT/v1"``. Parameters this model
+cannot honour (``prompt``, ``temperature``, a language other than English) are accepted, logged, and listed in
+the ``X-Ignored-Parameters`` response header.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+
+from ..errors import ApiError
+from ..formats import to_srt, to_text, to_vtt
+from ..observability import request_id
+from ..schemas import (
+    ErrorResponse,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAISegment,
+    OpenAITranscription,
+    OpenAITranscriptionForm,
+    OpenAIUploadSchema,
+    OpenAIVerboseTranscription,
+)
+from ..security import require_api_key
+from ..state import ServiceState, require_ready, service_state
+from ..transcriber import Transcript
+from ..uploads import read_upload
+from .common import decode_options, disconnected
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+ENGLISH = {"en", "english", "en-us", "en-gb"}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": OpenAIUploadSchema.model_json_schema()}}}}
+
+
+def _parse_form(fields: dict[str, str]) -> OpenAITranscriptionForm:
+    try:
+        return OpenAITranscriptionForm.model_validate({k: v for k, v in fields.items() if v != ""})
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ApiError(400, msg) from e
+
+
+def _ignored(form: OpenAITranscriptionForm) -> list[str]:
+    ignored = []
+    if form.prompt:
+        ignored.append("prompt")
+    if form.temperature:
+        ignored.append("temperature")
+    if form.language and form.language.lower() not in ENGLISH:
+        ignored.append("language")
+    return ignored
+
+
+def _render(form: OpenAITranscriptionForm, result: Transcript) -> Response:
+    if form.response_format == "text":
+        return PlainTextResponse(to_text(result.text))
+    if form.response_format == "srt":
+        return PlainTextResponse(to_srt(result.segments), media_type="application/x-subrip")
+    if form.response_format == "vtt":
+        return PlainTextResponse(to_vtt(result.segments), media_type="text/vtt")
+    if form.response_format == "verbose_json":
+        segments = [OpenAISegment(id=i, seek=0, start=s.start, end=s.end, text=s.text, avg_logprob=s.score)
+                    for i, s in enumerate(result.segments)]
+        body = OpenAIVerboseTranscription(duration=round(result.duration, 3), text=result.text, segments=segments)
+        return JSONResponse(body.model_dump())
+    return JSONResponse(OpenAITranscription(text=result.text).model_dump())
+
+
+@router.post("/audio/transcriptions", openapi_extra=UPLOAD_BODY,
+             responses={200: {"model": OpenAIVerboseTranscription,
+                              "description": "JSON (json, verbose_json) or text (text, srt, vtt)"},
+                        **{code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503)}},
+             summary="OpenAI-compatible transcription (multipart: file, model, language, prompt, "
+                     "response_format, temperature)")
+async def transcriptions(request: Request, state: Annotated[ServiceState, Depends(require_ready)]) -> Response:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise ApiError(400, "send multipart/form-data with the audio in a 'file' part")
+    state.transcriber.check_capacity()
+    upload = await read_upload(request, state.settings.max_upload_bytes)
+    if not upload.audio:
+        raise ApiError(400, "empty file")
+    form = _parse_form(upload.fields)
+    if form.stream:
+        raise ApiError(400, "stream=true is not supported here; stream over the WebSocket API /transcribe/stream")
+    options = decode_options(state.settings, form.beam_size, None)
+    ignored = _ignored(form)
+    if ignored:
+        log.info("ignoring parameters this model cannot honour: %s", ", ".join(ignored))
+    result = await state.transcriber.transcribe(upload.audio, options, request_id=request_id.get(),
+                                                disconnected=lambda: disconnected(request))
+    response = _render(form, result)
+    if ignored:
+        response.headers["X-Ignored-Parameters"] = ", ".join(ignored)
+    return response
+
+
+def _card(state: ServiceState) -> OpenAIModel:
+    return OpenAIModel(id=state.worker.name, created=state.created)
+
+
+@router.get("/models", response_model=OpenAIModelList, summary="The loaded model")
+async def list_models(request: Request) -> OpenAIModelList:
+    state = service_state(request)
+    return OpenAIModelList(data=[_card(state)] if state.worker else [])
+
+
+@router.get("/models/{model_id}", response_model=OpenAIModel, responses={404: {"model": ErrorResponse}})
+async def get_model(model_id: str, request: Request) -> OpenAIModel:
+    state = service_state(request)
+    if state.worker is None or model_id != state.worker.name:
+        raise ApiError(404, f"no model {model_id!r}; this server serves {state.worker.name if state.worker else 'none yet'}")
+    return _card(state)

@@ -1,0 +1,225 @@
+"""One live streaming session: PCM bytes in, ordered partial/final transcript messages out.
+
+The session knows nothing of WebSockets (the route pumps bytes in and messages out) and nothing of the model:
+partial and final decodes are submitted to the shared :class:`~app.engine.BatchingEngine`, so live sessions
+and uploads share batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.decoding import DecodeOptions
+
+from .endpointer import EndpointConfig, Endpointer
+from .engine import BatchingEngine, EngineClosed, Job, QueueFull
+from .pcm import PcmDecoder, PcmError
+from .resample import StreamResampler
+from .vad import FRAME, FRAME_S, SpeechDetector
+
+RATE = 16000
+
+
+class StreamError(Exception):
+    """Ends the session: the route sends ``{"type": "error"}`` then closes with ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What the client's optional ``config`` message sets."""
+
+    sample_rate: int = RATE
+    encoding: str = "pcm_s16le"
+    beam_size: int = 5
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What the server's settings fix for every session."""
+
+    max_frame_bytes: int = 1024 * 1024
+    max_seconds: float = 3600.0
+    partial_interval_s: float = 0.5
+    endpoint_silence_s: float = 0.5
+    partial_beam_size: int = 1
+    vad_threshold: float = 0.5
+    max_segment_s: float = 20.0
+
+
+class AudioTape:
+    """The session's 16 kHz audio from ``base`` on; it forgets what no future segment can reach."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(RATE * 4, np.float32)
+        self._len = 0
+        self.base = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + self._len
+
+    def append(self, x: np.ndarray) -> None:
+        if self._len + len(x) > len(self._data):
+            grown = np.zeros(max(2 * len(self._data), self._len + len(x)), np.float32)
+            grown[: self._len] = self._data[: self._len]
+            self._data = grown
+        self._data[self._len: self._len + len(x)] = x
+        self._len += len(x)
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        lo, hi = max(start, self.base) - self.base, min(stop, self.end) - self.base
+        return self._data[lo:hi].copy()
+
+    def forget_before(self, sample: int) -> None:
+        drop = min(max(0, sample - self.base), self._len)
+        if drop:
+            self._data[: self._len - drop] = self._data[drop: self._len]
+            self._len -= drop
+            self.base += drop
+
+
+@dataclass
+class _Pending:
+    kind: str  # "partial" | "final"
+    segment: int
+    start: float
+    end: float
+    job: Job
+
+
+class StreamSession:
+    def __init__(self, engine: BatchingEngine, detector: SpeechDetector, limits: StreamLimits,
+                 default_beam: int, request_id: str = "") -> None:
+        self._engine, self._detector, self.limits = engine, detector, limits
+        self.request_id = request_id
+        self.options = StreamOptions(beam_size=default_beam)
+        self.started = False  # audio has arrived: the config is fixed
+        self.finished = False
+        self.audio_seconds = 0.0
+        self._outbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._jobs: list[Job] = []
+        self._segment = 0
+        self._partial: Job | None = None
+        self._partial_mark = 0  # sample where the last partial of the open segment ended
+        endpoint_frames = max(1, round(limits.endpoint_silence_s / FRAME_S))
+        self._endpoint_cfg = EndpointConfig(threshold=limits.vad_threshold,
+                                            neg_threshold=max(limits.vad_threshold - 0.15, 0.01),
+                                            endpoint_frames=endpoint_frames,
+                                            max_frames=int(limits.max_segment_s / FRAME_S))
+        self._setup()
+
+    def _setup(self) -> None:
+        self._pcm = PcmDecoder(self.options.encoding)
+        self._resampler = StreamResampler(self.options.sample_rate, RATE)
+        self._vad = self._detector.stream()
+        self._endpoints = Endpointer(self._endpoint_cfg)
+        self._tape = AudioTape()
+
+    # ------------------------------------------------------------------ input
+
+    def configure(self, options: StreamOptions) -> None:
+        if self.started:
+            raise StreamError(1008, "config must come before the first audio frame")
+        self.options = options
+        self._setup()
+
+    def feed(self, data: bytes) -> None:
+        if self.finished:
+            raise StreamError(1008, "audio after eof")
+        if len(data) > self.limits.max_frame_bytes:
+            raise StreamError(1009, f"frame of {len(data)} bytes is over the {self.limits.max_frame_bytes}-byte limit")
+        self.started = True
+        try:
+            samples = self._pcm.decode(data)
+        except PcmError as e:
+            raise StreamError(1007, str(e)) from e
+        self.audio_seconds += len(samples) / self.options.sample_rate
+        if self.audio_seconds > self.limits.max_seconds:
+            raise StreamError(1008, f"the session is over its {self.limits.max_seconds:g} s audio limit")
+        audio = self._resampler.push(samples)
+        self._consume(audio, self._vad.push(audio))
+        self._maybe_partial()
+
+    def finish(self) -> None:
+        """The client sent eof: close the last segment; :meth:`messages` ends after its final."""
+        if self.finished:
+            return
+        self.finished = True
+        audio = self._resampler.flush()
+        self._consume(audio, np.concatenate([self._vad.push(audio), self._vad.flush()]))
+        last = self._endpoints.finish()
+        if last is not None:
+            self._submit_final(*last)
+        self._outbox.put_nowait(None)
+
+    def abort(self) -> None:
+        """The client is gone: drop every decode that has not run yet."""
+        self.finished = True
+        for job in self._jobs:
+            job.cancel()
+        self._outbox.put_nowait(None)
+
+    def _consume(self, audio: np.ndarray, probs: np.ndarray) -> None:
+        self._tape.append(audio)
+        for start, end in self._endpoints.update(probs):
+            self._submit_final(start, end)
+        open_start = self._endpoints.start
+        reach = self._endpoints.frames - self._endpoint_cfg.pad_frames
+        self._tape.forget_before(FRAME * (open_start if open_start is not None else max(0, reach)))
+
+    # ------------------------------------------------------------------ decoding
+
+    def _submit(self, kind: str, start: int, end: int, beam: int, force: bool) -> Job:
+        try:
+            job = self._engine.submit([self._tape.slice(start, end)], DecodeOptions(beam_size=beam), force=force,
+                                      request_id=self.request_id)
+        except EngineClosed as e:
+            raise StreamError(1001, str(e)) from e
+        self._jobs = [j for j in self._jobs if not j.future.done()] + [job]
+        self._outbox.put_nowait(_Pending(kind, self._segment, start / RATE, end / RATE, job))
+        return job
+
+    def _submit_final(self, start_frame: int, end_frame: int) -> None:
+        self._submit("final", start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=True)
+        self._segment += 1
+        self._partial_mark = 0
+
+    def _maybe_partial(self) -> None:
+        if self._endpoints.start is None or (self._partial is not None and not self._partial.future.done()):
+            return
+        start, now = self._endpoints.start * FRAME, self._endpoints.frames * FRAME
+        mark = max(self._partial_mark, start)
+        if now - mark < self.limits.partial_interval_s * RATE:
+            return
+        try:
+            self._partial = self._submit("partial", start, now, self.limits.partial_beam_size, force=False)
+        except QueueFull:
+            return  # partials are best-effort: the next chunk tries again
+        self._partial_mark = now
+
+    # ------------------------------------------------------------------ output
+
+    async def messages(self) -> AsyncIterator[dict]:
+        """Protocol messages in order: partials as their decodes finish, finals in segment order."""
+        while (item := await self._outbox.get()) is not None:
+            await asyncio.wait([item.job.future])
+            if item.job.future.cancelled():
+                continue
+            if item.job.future.exception() is not None:
+                if item.kind == "partial":
+                    continue
+                raise StreamError(1011, f"decoding segment {item.segment} failed")
+            text = item.job.future.result()[0].text
+            if item.kind == "partial":
+                yield {"type": "partial", "segment": item.segment, "text": text, "start": round(item.start, 3)}
+            else:
+                yield {"type": "final", "segment": item.segment, "text": text, "start": round(item.start, 3),
+                       "end": round(item.end, 3)}

@@ -1,0 +1,118 @@
+"""An upload's way through the service: bytes -> 16 kHz mono -> speech segments -> engine -> one transcript.
+
+Shared by the native and the OpenAI-compatible routes; it raises :class:`~app.errors.ApiError` for anything
+the client can fix and never formats a response itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.audio import AudioError, decode_audio
+from model.decoding import DecodeOptions
+from model.recognizer import NBest, TranscriptionResult
+
+from .engine import BatchingEngine, EngineClosed, Job, QueueFull
+from .errors import ApiError
+from .segmenter import plan_segments
+from .vad import SpeechDetector
+
+
+@dataclass(frozen=True)
+class SegmentText:
+    start: float
+    end: float
+    text: str
+    score: float
+    n_best: tuple[NBest, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: list[SegmentText]
+    duration: float
+    queue_ms: float
+    compute_ms: float
+    preprocess_ms: float
+
+
+class TranscriptionService:
+    def __init__(self, engine: BatchingEngine, detector: SpeechDetector, *, sample_rate: int,
+                 max_segment_s: float, max_audio_s: float, retry_after_s: int) -> None:
+        self._engine, self._detector = engine, detector
+        self.rate, self.max_segment_s, self.max_audio_s = sample_rate, max_segment_s, max_audio_s
+        self.retry_after_s = retry_after_s
+
+    def check_capacity(self) -> None:
+        """Refuse before the upload is even read when the queue is already full (saves the client the upload)."""
+        if self._engine.depth >= self._engine.policy.queue_depth:
+            raise self._busy(f"{self._engine.depth} segments are waiting")
+
+    def _busy(self, why: object) -> ApiError:
+        return ApiError(429, f"the server is busy ({why}); retry shortly", {"Retry-After": str(self.retry_after_s)})
+
+    def _prepare(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Runs on a helper thread: decoding and VAD are CPU work that must stay off the event loop."""
+        try:
+            audio, _ = decode_audio(data, target_rate=self.rate)
+        except AudioError as e:  # libsndfile names the in-memory file object; the client needs only the reason
+            raise ApiError(400, re.sub(r"Error opening <[^>]*>: ", "", str(e))) from e
+        if len(audio) > self.max_audio_s * self.rate:
+            raise ApiError(413, f"the audio is {len(audio) / self.rate:.1f} s long; the limit is {self.max_audio_s:g} s")
+        return audio, plan_segments(self._detector, audio, self.rate, self.max_segment_s)
+
+    async def transcribe(self, data: bytes, options: DecodeOptions, *, request_id: str = "",
+                         disconnected: Callable[[], Awaitable[object]] | None = None) -> Transcript:
+        """``disconnected`` makes an awaitable that returns when the client goes away."""
+        started = time.perf_counter()
+        with self._engine.incoming():
+            audio, spans = await asyncio.to_thread(self._prepare, data)
+            preprocess_ms = (time.perf_counter() - started) * 1000
+            duration = len(audio) / self.rate
+            if not spans:
+                return Transcript("", [], duration, 0.0, 0.0, preprocess_ms)
+            try:
+                job = self._engine.submit([audio[a:b] for a, b in spans], options, request_id=request_id)
+            except QueueFull as e:
+                raise self._busy(e) from e
+            except EngineClosed as e:
+                raise ApiError(503, str(e), {"Retry-After": str(self.retry_after_s)}) from e
+        results = await _unless_gone(job, disconnected)
+        segments = [SegmentText(round(a / self.rate, 3), round(b / self.rate, 3), r.text, r.score, r.n_best)
+                    for (a, b), r in zip(spans, results)]
+        text = " ".join(s.text for s in segments if s.text)
+        return Transcript(text, segments, duration, job.queue_s * 1000, job.compute_s * 1000, preprocess_ms)
+
+
+async def _unless_gone(job: Job, disconnected: Callable[[], Awaitable[object]] | None):
+    """Wait for the job; if the client disconnects first, withdraw its pending segments from the queue."""
+    if disconnected is None:
+        return await _result(job)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait([job.future, watcher], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not job.future.done():
+        job.cancel()
+        raise ApiError(499, "client disconnected")
+    return await _result(job)
+
+
+async def _result(job: Job) -> list[TranscriptionResult]:
+    await asyncio.wait([job.future])
+    if job.future.cancelled():
+        raise ApiError(499, "request cancelled")
+    error = job.future.exception()
+    if isinstance(error, EngineClosed):
+        raise ApiError(503, str(error))
+    if error is not None:
+        raise ApiError(500, f"the model failed on this audio: {type(error).__name__}")
+    return job.future.result()

@@ -1,0 +1,215 @@
+"""Server load test: N concurrent clients post real speech for a fixed time, with and without dynamic batching.
+
+    python -m bench.load                          # starts its own servers on loopback ports
+    python -m bench.load --url http://host:8000   # measures a running server (no batching comparison)
+
+Speech comes from espeak-ng. The model is the shipped ``weights/`` when present, else a random-initialised
+checkpoint of the default size (its transcripts are noise, but it never stops early, so it costs the most).
+Reports throughput (audio seconds per wall second), p50/p95 latency and the mean model batch size, first with
+batching on, then with ``ASR_MAX_BATCH_SIZE=1``; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .common import emit, print_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    "the weather is lovely today and the sky is clear",
+    "please call stella and ask her to bring these things with her",
+    "a quick brown fox jumps over the lazy dog",
+    "she sells sea shells by the sea shore",
+    "we need more time to finish the report before monday",
+    "turn left at the next corner and walk two blocks",
+]
+DEFAULT_SIZE = {"d_model": 256, "n_heads": 4, "encoder_layers": 6, "decoder_layers": 3, "d_ff": 1024, "conv_channels": 32}
+
+
+@dataclass
+class Sample:
+    started: float
+    finished: float
+    audio_s: float
+    ok: bool
+
+
+def make_speech(out: Path) -> list[tuple[bytes, float]]:
+    import soundfile as sf
+
+    clips = []
+    for i, text in enumerate(SENTENCES):
+        path = out / f"s{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        clips.append((path.read_bytes(), sf.info(str(path)).duration))
+    return clips
+
+
+def pick_weights(explicit: Path | None, scratch: Path) -> tuple[Path, str]:
+    if explicit is not None:
+        return explicit, f"checkpoint {explicit}"
+    shipped = ROOT / "weights"
+    if (shipped / "config.json").is_file():
+        return shipped, "shipped weights/"
+    from model.testing import make_random_checkpoint
+
+    return make_random_checkpoint(scratch / "random", **DEFAULT_SIZE), "random init, default size (no weights/ yet)"
+
+
+def metric(url: str, name: str, headers: dict) -> float:
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def drive(url: str, clips: list[tuple[bytes, float]], concurrency: int, warmup: float, duration: float,
+                beam: int | None, headers: dict) -> tuple[list[Sample], float, float]:
+    """Run the clients; returns the samples and the window they are measured in."""
+    samples: list[Sample] = []
+    start = time.monotonic()
+    window = (start + warmup, start + warmup + duration)
+    params = {"beam_size": beam} if beam else {}
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        i = k
+        while time.monotonic() < window[1]:
+            wav, seconds = clips[i % len(clips)]
+            i += 1
+            t0 = time.monotonic()
+            try:
+                r = await http.post(f"{url}/transcribe", files={"file": ("s.wav", wav)}, params=params)
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            samples.append(Sample(t0, time.monotonic(), seconds, ok))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as http:
+        await asyncio.gather(*(client(k, http) for k in range(concurrency)))
+    return samples, *window
+
+
+def phase(url: str, clips, args, headers: dict, label: str) -> dict:
+    before = (metric(url, "asr_batch_size_sum", headers), metric(url, "asr_batch_size_count", headers))
+    samples, w0, w1 = asyncio.run(drive(url, clips, args.concurrency, args.warmup, args.duration, args.beam, headers))
+    after = (metric(url, "asr_batch_size_sum", headers), metric(url, "asr_batch_size_count", headers))
+    done = [s for s in samples if s.ok and w0 <= s.finished <= w1]
+    failed = sum(not s.ok for s in samples)
+    latencies = sorted((s.finished - s.started) * 1000 for s in done)
+    batches = after[1] - before[1]
+    return {
+        "run": label,
+        "requests": len(done),
+        "failed": failed,
+        "throughput": round(sum(s.audio_s for s in done) / (w1 - w0), 3),
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1) if latencies else None,
+        "mean_batch": round((after[0] - before[0]) / batches, 2) if batches else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """``speech-transformer serve`` in a subprocess, so the clients and the server do not share a GIL."""
+
+    def __init__(self, weights: Path, max_batch: int, args, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"ASR_WEIGHTS": str(weights), "ASR_MAX_BATCH_SIZE": str(max_batch),
+                            "ASR_QUEUE_DEPTH": str(max(128, 8 * args.concurrency)), "ASR_LOG_LEVEL": "warning",
+                            "ASR_DEFAULT_BEAM_SIZE": str(args.beam or 5), "ASR_MAX_WAIT_MS": str(args.max_wait_ms)}
+        if args.torch_threads:
+            env["ASR_TORCH_THREADS"] = str(args.torch_threads)
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in 10 minutes")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="measure this running server instead of starting local ones")
+    ap.add_argument("--api-key", default=os.environ.get("ASR_API_KEY"))
+    ap.add_argument("--weights", type=Path, help="checkpoint for the local servers (default: weights/ or random)")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=30.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    ap.add_argument("--beam", type=int, default=None, help="beam width (default: the server's)")
+    ap.add_argument("--max-batch", type=int, default=16, help="ASR_MAX_BATCH_SIZE of the batching run")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="ASR_TORCH_THREADS of the local servers (default 1: no thread-scaling confound, and on a "
+                         "shared CPU several spinning threads are slower; 0 = torch's default)")
+    args = ap.parse_args()
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        clips = make_speech(scratch)
+        print(f"{len(clips)} espeak-ng clips, {sum(d for _, d in clips) / len(clips):.1f} s each on average; "
+              f"concurrency {args.concurrency}, {args.warmup:g} s warm-up + {args.duration:g} s per run")
+        if args.url:
+            rows = [phase(args.url.rstrip("/"), clips, args, headers, f"server at {args.url}")]
+            model = "remote"
+        else:
+            weights, model = pick_weights(args.weights, scratch)
+            print(f"model: {model}; server torch threads: {args.torch_threads or 'default'}")
+            rows = []
+            for label, size in (("batching", args.max_batch), ("batch size 1", 1)):
+                server = LocalServer(weights, size, args, scratch / f"server-{size}.log")
+                try:
+                    rows.append(phase(server.url, clips, args, {}, f"{label} (max {size})"))
+                finally:
+                    server.stop()
+        print_table(rows, ["run", "requests", "failed", "throughput", "p50_ms", "p95_ms", "mean_batch"])
+
+    main_row = rows[0]
+    speedup = None
+    if len(rows) == 2 and rows[1]["throughput"]:
+        speedup = round(rows[0]["throughput"] / rows[1]["throughput"], 2)
+    emit({"throughput": main_row["throughput"], "p50_ms": main_row["p50_ms"], "p95_ms": main_row["p95_ms"],
+          "mean_batch_size": main_row["mean_batch"], "batching_speedup": speedup,
+          "unbatched_throughput": rows[1]["throughput"] if len(rows) == 2 else None,
+          "concurrency": args.concurrency, "duration_s": args.duration, "torch_threads": None if args.url else (args.torch_threads or None),
+          "model": model})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The service's audio pieces on their own: VAD, segmenting, stream resampling, PCM frames, endpoints, formats."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from app.config import Settings
+from app.endpointer import EndpointConfig, Endpointer
+from app.formats import to_srt, to_vtt
+from app.pcm import PcmDecoder, PcmError
+from app.resample import StreamResampler
+from app.segmenter import plan_segments
+from app.transcriber import SegmentText
+from app.vad import SpeechDetector
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def detector() -> SpeechDetector:
+    return SpeechDetector()
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+def test_vad_finds_speech_and_not_silence(detector: SpeechDetector, speech) -> None:
+    assert detector.speech_regions(silence(2.0)) == []
+    noise = (0.001 * np.random.default_rng(0).standard_normal(RATE)).astype(np.float32)
+    assert detector.speech_regions(noise) == []
+    audio = np.concatenate([silence(1.0), speech["fox"].audio, silence(1.0)])
+    (start, end), = detector.speech_regions(audio)
+    assert 0.5 * RATE < start < 2.0 * RATE and end > start + 0.5 * RATE
+
+
+def test_vad_stream_matches_whole_clip_scoring(detector: SpeechDetector, speech) -> None:
+    audio = np.concatenate([speech["hello"].audio, silence(0.3), speech["fox"].audio])
+    whole = detector.probabilities(audio)
+    stream, parts = detector.stream(), []
+    for i in range(0, len(audio), 1234):
+        parts.append(stream.push(audio[i: i + 1234]))
+    parts.append(stream.flush())
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+
+
+def test_plan_segments(detector: SpeechDetector, speech) -> None:
+    clip = speech["fox"].audio
+    assert plan_segments(detector, clip, RATE, 20.0) == [(0, len(clip))]  # short: the whole clip, untouched
+    assert plan_segments(detector, silence(3.0), RATE, 20.0) == []
+    long = np.concatenate([np.concatenate([silence(1.2), speech[k].audio]) for k in ("hello", "fox", "weather")] * 2)
+    spans = plan_segments(detector, long, RATE, max_segment_s=4.0)
+    assert len(spans) >= 6
+    assert all(0 <= a < b <= len(long) and b - a <= 4.0 * RATE for a, b in spans)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_stream_resampler_is_seamless(rate: int) -> None:
+    x = np.random.default_rng(rate).standard_normal(rate + 321).astype(np.float32)
+    reference = AF.resample(torch.from_numpy(x), rate, RATE).numpy()
+    resampler, out, i = StreamResampler(rate, RATE), [], 0
+    for size in [1, 7, 500, 1600, 3, 4410, 999] * 10:
+        out.append(resampler.push(x[i: i + size]))
+        i += size
+        if i >= len(x):
+            break
+    out.append(resampler.flush())
+    y = np.concatenate(out)
+    assert len(y) == len(reference)
+    np.testing.assert_allclose(y, reference, atol=1e-4)
+
+
+def test_pcm_decoder_carries_split_samples_and_rejects_nan() -> None:
+    pcm = (np.arange(5, dtype="<i2") * 1000).tobytes()
+    dec = PcmDecoder("pcm_s16le")
+    got = np.concatenate([dec.decode(pcm[:3]), dec.decode(pcm[3:])])
+    np.testing.assert_allclose(got, np.arange(5) * 1000 / 32768)
+    with pytest.raises(PcmError, match="NaN"):
+        PcmDecoder("f32le").decode(np.array([0.1, np.nan], "<f4").tobytes())
+    with pytest.raises(PcmError, match="unsupported encoding"):
+        PcmDecoder("mp3")
+
+
+def test_endpointer_opens_closes_and_drops_blips() -> None:
+    cfg = EndpointConfig(endpoint_frames=5, pad_frames=2, min_speech_frames=4, max_frames=40)
+    ep = Endpointer(cfg)
+    probs = [0.0] * 10 + [0.9] * 10 + [0.1] * 6 + [0.9] * 2 + [0.0] * 8
+    closed = ep.update(probs)
+    assert closed == [(8, 22)]  # opened 2 frames early, closed 2 frames after the last speech; the blip dropped
+    assert ep.start is None
+    ep.update([0.9] * 6)
+    assert ep.start is not None and ep.finish() is not None  # eof closes the open segment
+
+
+def test_endpointer_cuts_at_the_length_limit() -> None:
+    ep = Endpointer(EndpointConfig(endpoint_frames=5, pad_frames=0, min_speech_frames=2, max_frames=10))
+    closed = ep.update([0.9] * 25)
+    assert closed == [(0, 10), (10, 20)] and ep.start == 20
+
+
+def test_subtitles() -> None:
+    segs = [SegmentText(0.0, 1.5, "hello", 0.0, ()), SegmentText(61.25, 3723.5, "world", 0.0, ())]
+    assert to_srt(segs) == "1\n00:00:00,000 --> 00:00:01,500\nhello\n\n2\n00:01:01,250 --> 01:02:03,500\nworld\n"
+    assert to_vtt(segs).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nhello\n")
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("ASR_API_KEY", "")
+    monkeypatch.setenv("ASR_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("ASR_LOG_LEVEL", "DEBUG")
+    s = Settings()
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.api_key is None and s.max_batch_size == 4 and s.log_level == "debug"
+    assert s.weights.name == "weights" and (s.weights.parent / "app").is_dir()
+    monkeypatch.setenv("ASR_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValueError):
+        Settings()

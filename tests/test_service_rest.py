@@ -1,0 +1,253 @@
+"""REST and OpenAI-compatible API against a real uvicorn server (tiny random checkpoint, espeak-ng speech)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import encode
+
+
+def post(server, body: bytes | None = None, *, files=None, data=None, params=None, headers=None,
+         path: str = "/transcribe") -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", content=body, files=files, data=data, params=params,
+                      headers=headers, timeout=60)
+
+
+def upload(server, audio_bytes: bytes, name: str = "audio", **kwargs) -> httpx.Response:
+    return post(server, files={"file": (name, audio_bytes)}, **kwargs)
+
+
+# ---------------------------------------------------------------------------- health and the happy path
+
+
+def test_health_ready_and_metrics(server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "model": "random-test-model"}
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("asr_requests_total", "asr_request_latency_seconds", "asr_batch_size", "asr_queue_depth",
+                 "asr_active_streams", "asr_audio_seconds_total", "asr_real_time_factor", "asr_ready 1.0"):
+        assert name in text
+
+
+def as_format(audio: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """The clip re-encoded in another container, at another rate and channel count where that helps."""
+    import torch
+    import torchaudio.functional as AF
+
+    if fmt == "flac-44k-stereo":
+        up = AF.resample(torch.from_numpy(audio), 16000, 44100).numpy()
+        return encode(np.stack([up, up], axis=1), 44100, "FLAC"), "a.flac"
+    if fmt == "ogg":
+        return encode(audio, 16000, "OGG", "VORBIS"), "a.ogg"
+    if fmt == "mp3":
+        return encode(audio, 16000, "MP3", "MPEG_LAYER_III"), "a.mp3"
+    if fmt == "wav-8k":
+        return encode(AF.resample(torch.from_numpy(audio), 16000, 8000).numpy(), 8000, "WAV", "PCM_16"), "a.wav"
+    raise ValueError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["espeak-wav", "flac-44k-stereo", "ogg", "mp3", "wav-8k"])
+def test_every_format_transcribes(server, speech, fmt: str) -> None:
+    clip = speech["hello"]
+    data, name = (clip.wav, "a.wav") if fmt == "espeak-wav" else as_format(clip.audio, fmt)
+    r = upload(server, data, name)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "random-test-model"
+    assert abs(body["duration"] - clip.seconds) < 0.12  # MP3 adds codec padding
+    assert len(body["segments"]) == 1 and body["segments"][0]["start"] == 0.0
+    assert body["text"] == body["segments"][0]["text"]
+    assert set(body["timings"]) == {"queue_ms", "compute_ms", "preprocess_ms"} and body["timings"]["compute_ms"] > 0
+    assert r.headers["x-request-id"]
+
+
+def test_raw_body_matches_multipart_and_lossless_formats_agree(server, speech) -> None:
+    pcm = (speech["fox"].audio * 32767).astype(np.int16)
+    wav, flac = encode(pcm, 16000, "WAV", "PCM_16"), encode(pcm, 16000, "FLAC", "PCM_16")
+    raw = post(server, wav, headers={"content-type": "audio/wav"}).json()
+    assert raw["text"] == upload(server, flac, "a.flac").json()["text"]
+    assert raw["text"] == upload(server, wav, "a.wav").json()["text"]
+
+
+def test_options_in_query_or_form(server, speech) -> None:
+    r = upload(server, speech["fox"].wav, params={"n_best": 2})
+    seg = r.json()["segments"][0]
+    assert len(seg["n_best"]) == 2 and seg["n_best"][0]["text"] == seg["text"]
+    r = upload(server, speech["fox"].wav, data={"beam_size": "1"})
+    assert r.status_code == 200 and "n_best" not in r.json()["segments"][0]
+
+
+def test_long_audio_is_split_at_pauses_and_batched(server, speech) -> None:
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    parts = [speech[k].audio for k in ("hello", "fox", "weather")] * 5
+    audio = np.concatenate([np.concatenate([gap, p]) for p in parts])
+    assert len(audio) / 16000 > 20.0  # over the model's segment limit
+    before = server.metric("asr_batch_size_count")
+    body = upload(server, encode(audio, 16000, "WAV"), "long.wav").json()
+    segs = body["segments"]
+    assert len(segs) >= 10
+    assert all(s["end"] - s["start"] <= 20.0 for s in segs)
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(segs))
+    assert body["text"] == " ".join(s["text"] for s in segs if s["text"])
+    assert server.metric("asr_batch_size_count") - before < len(segs)  # its segments shared batches
+
+
+def test_silent_audio_gives_an_empty_transcript(server) -> None:
+    r = upload(server, encode(np.zeros(16000, np.float32), 16000, "WAV"))
+    assert r.status_code == 200
+    assert r.json()["text"] == "" and r.json()["segments"] == [] and r.json()["duration"] == 1.0
+
+
+def test_concurrent_requests_share_batches(server, speech) -> None:
+    clips = [speech[k].wav for k in ("hello", "fox", "weather")]
+    before = server.metric("asr_batch_size_count")
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [client.post(f"{server.url}/transcribe", files={"file": ("a.wav", clips[i % 3])})
+                     for i in range(16)]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 16
+    batches = server.metric("asr_batch_size_count") - before
+    assert 1 <= batches < 16
+    ids = {r.headers["x-request-id"] for r in responses}
+    assert len(ids) == 16
+
+
+# ---------------------------------------------------------------------------- bad input: clear 4xx, never a 500
+
+
+def nan_wav() -> bytes:
+    audio = np.zeros(1600, np.float32)
+    audio[10] = np.nan
+    return encode(audio, 16000, "WAV", "FLOAT")
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"this is not audio at all", 400, "could not decode audio"),
+    (b"", 400, "empty"),
+    (encode(np.zeros(0, np.float32), 16000, "WAV"), 400, "no samples"),
+    (nan_wav(), 400, "NaN"),
+])
+def test_bad_audio_is_a_clear_400(server, data: bytes, status: int, message: str) -> None:
+    for r in (upload(server, data), post(server, data, headers={"content-type": "application/octet-stream"})):
+        assert r.status_code == status, r.text
+        assert message in r.json()["detail"]
+        assert "BytesIO" not in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("params", "form", "message"), [
+    ({"beam_size": 0}, None, "beam_size"),
+    ({"beam_size": 1000}, None, "beam_size"),
+    ({"beam_size": "wide"}, None, "beam_size"),
+    ({"n_best": 3}, None, "n_best"),
+    (None, {"beam_size": "x"}, "beam_size"),
+    (None, {"n_best": "0"}, "n_best"),
+])
+def test_bad_parameters_are_422(server, speech, params, form, message: str) -> None:
+    r = upload(server, speech["hello"].wav, params=params, data=form)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]
+
+
+def test_malformed_requests(server, speech) -> None:
+    r = post(server, files={"audio": ("a.wav", speech["hello"].wav)})
+    assert r.status_code == 400 and "'file'" in r.json()["detail"]
+    r = post(server, data={"file": "abc"})
+    assert r.status_code == 415
+    r = post(server, b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400
+    r = post(server, b"x", headers={"content-length": "1", "content-type": "multipart/form-data"})
+    assert r.status_code == 400
+    assert httpx.get(f"{server.url}/transcribe").status_code == 405
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # and it still serves
+
+
+# ---------------------------------------------------------------------------- OpenAI-compatible API
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0, timeout=60)
+
+
+def test_openai_client_json_and_text_formats(openai_client, server, speech, tmp_path) -> None:
+    path = tmp_path / "fox.wav"
+    path.write_bytes(speech["fox"].wav)
+    expected = upload(server, speech["fox"].wav).json()["text"]
+    with path.open("rb") as f:
+        result = openai_client.audio.transcriptions.create(model="whisper-1", file=f, language="en",
+                                                           temperature=0.0)
+    assert result.text == expected
+    with path.open("rb") as f:
+        verbose = openai_client.audio.transcriptions.create(model="whisper-1", file=f,
+                                                            response_format="verbose_json")
+    assert verbose.text == expected and verbose.duration == pytest.approx(speech["fox"].seconds, abs=0.01)
+    assert verbose.segments[0].start == 0.0 and verbose.segments[0].text == expected
+    with path.open("rb") as f:
+        text = openai_client.audio.transcriptions.create(model="whisper-1", file=f, response_format="text")
+    assert text.strip() == expected
+    end = f"00:00:{verbose.segments[0].end:06.3f}"
+    with path.open("rb") as f:
+        srt = openai_client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+    with path.open("rb") as f:
+        vtt = openai_client.audio.transcriptions.create(model="whisper-1", file=f, response_format="vtt")
+    if expected:
+        assert srt == f"1\n00:00:00,000 --> {end.replace('.', ',')}\n{expected}\n"
+        assert vtt == f"WEBVTT\n\n00:00:00.000 --> {end}\n{expected}\n"
+    else:  # a segment without text gets no cue
+        assert (srt, vtt) == ("", "WEBVTT\n\n")
+
+
+def test_openai_ignored_parameters_are_reported(server, speech) -> None:
+    r = post(server, files={"file": ("a.wav", speech["hello"].wav)}, path="/v1/audio/transcriptions",
+             data={"model": "whisper-1", "prompt": "Some context.", "temperature": "0.4", "language": "fr"})
+    assert r.status_code == 200
+    assert r.headers["x-ignored-parameters"] == "prompt, temperature, language"
+
+
+def test_openai_errors_use_openai_shape(openai_client, server, speech) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"junk"))
+    assert "could not decode audio" in err.value.body["message"]
+    r = post(server, files={"file": ("a.wav", speech["hello"].wav)}, path="/v1/audio/transcriptions",
+             data={"response_format": "docx"})
+    assert r.status_code == 400 and "response_format" in r.json()["error"]["message"]
+    r = post(server, files={"file": ("a.wav", speech["hello"].wav)}, path="/v1/audio/transcriptions",
+             data={"stream": "true"})
+    assert r.status_code == 400 and "WebSocket" in r.json()["error"]["message"]
+    r = post(server, speech["hello"].wav, path="/v1/audio/transcriptions", headers={"content-type": "audio/wav"})
+    assert r.status_code == 400
+
+
+def test_openai_models(openai_client) -> None:
+    models = openai_client.models.list()
+    assert [m.id for m in models.data] == ["random-test-model"]
+    assert openai_client.models.retrieve("random-test-model").id == "random-test-model"
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        openai_client.models.retrieve("whisper-1")
+
+
+def test_openapi_documents_every_route(server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"/transcribe", "/v1/audio/transcriptions", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
+    body = spec["paths"]["/transcribe"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "audio/*" in body
+
+
+def test_sf_can_write_every_format_we_test() -> None:
+    assert {"WAV", "FLAC", "OGG", "MP3"} <= set(sf.available_formats())
