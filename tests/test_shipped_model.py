@@ -1,0 +1,57 @@
+"""The shipped default weights: they load, and transcribe a committed clip exactly, directly and through the CLI.
+
+The clip is a test-split sentence (never trained on) spoken by a seen voice; see tests/fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.audio import decode_audio
+from model.checkpoint import load_checkpoint
+from model.decoding import DecodeOptions
+from model.recognizer import Recognizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.load(WEIGHTS, device="cpu")
+
+
+def clips() -> list[tuple[Path, str]]:
+    rows = [json.loads(line) for line in (FIXTURES / "clips.jsonl").read_text().splitlines() if line.strip()]
+    return [(FIXTURES / r["audio"], r["text"]) for r in rows]
+
+
+def test_shipped_checkpoint_is_complete_and_small() -> None:
+    ckpt = load_checkpoint(WEIGHTS)
+    assert ckpt.provenance.get("steps", 0) > 0, "the shipped model must be a trained one"
+    size = sum(p.stat().st_size for p in WEIGHTS.iterdir())
+    assert size < 60 * 1024 * 1024
+    assert (WEIGHTS / "README.md").is_file()
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_shipped_weights_transcribe_the_committed_clips_exactly(recognizer: Recognizer, beam: int) -> None:
+    items = clips()
+    waves = [decode_audio(path.read_bytes(), recognizer.sample_rate)[0] for path, _ in items]
+    results = recognizer.transcribe(waves, DecodeOptions(beam_size=beam))
+    assert [r.text for r in results] == [text for _, text in items]
+
+
+def test_cli_transcribe_prints_one_line_per_file() -> None:
+    items = clips()
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "transcribe", *[str(p) for p, _ in items], "--beam", "5"],
+        check=True, capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert out.stdout.splitlines() == [text for _, text in items]
