@@ -57,7 +57,7 @@ def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_s
         "rtf": round(wall / audio_s, 4),
         "per_engine": {e: score([refs[i] for i in ix], [hyps[i] for i in ix]) for e, ix in sorted(_group(by_voice).items())},
         "per_voice": {v: score([refs[i] for i in ix], [hyps[i] for i in ix]) for v, ix in sorted(by_voice.items())},
-        "examples": [{"ref": refs[i], "hyp": hyps[i]} for i in range(min(5, len(utts)))],
+        "items": [{"audio": str(u.audio), "voice": u.voice, "ref": refs[i], "hyp": hyps[i]} for i, u in enumerate(utts)],
     }
     return out
 

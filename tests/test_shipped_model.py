@@ -40,11 +40,11 @@ def test_shipped_checkpoint_is_complete_and_small() -> None:
     assert (WEIGHTS / "README.md").is_file()
 
 
-@pytest.mark.parametrize("beam", [1, 5])
-def test_shipped_weights_transcribe_the_committed_clips_exactly(recognizer: Recognizer, beam: int) -> None:
+def test_shipped_weights_transcribe_the_committed_clips_exactly(recognizer: Recognizer) -> None:
+    """With the default decoding (beam 5, CTC re-ranking), as the server runs it."""
     items = clips()
     waves = [decode_audio(path.read_bytes(), recognizer.sample_rate)[0] for path, _ in items]
-    results = recognizer.transcribe(waves, DecodeOptions(beam_size=beam))
+    results = recognizer.transcribe(waves, DecodeOptions(beam_size=5))
     assert [r.text for r in results] == [text for _, text in items]
 
 
