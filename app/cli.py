@@ -11,12 +11,10 @@ STARTUP_FAILURE = 3  # the exit status uvicorn's own command line uses when star
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from model.checkpoint import CONFIG
 
     from .config import Settings
-    from .main import create_app, server_config
+    from .main import create_app, make_server
     from .observability import configure_logging
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("weights", args.weights)) if v is not None}
@@ -25,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: no checkpoint at {settings.weights} (pass --weights DIR or set ASR_WEIGHTS)", file=sys.stderr)
         return STARTUP_FAILURE
     configure_logging(settings.log_level)
-    server = uvicorn.Server(server_config(create_app(settings), settings))
+    server = make_server(create_app(settings))
     try:
         server.run()
     except SystemExit as e:  # uvicorn exits this way when the app's start-up fails

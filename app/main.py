@@ -64,8 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        state.phase = "stopping"
-        state.metrics.ready.set(0)
+        state.stop_accepting()
         if not loader.done():
             loader.cancel()
         if state.engine is not None:
@@ -91,6 +90,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, transcribe, openai, stream):
         app.include_router(module.router)
     return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that open streams get their last finals before it shuts the connections.
+
+    uvicorn closes WebSockets with 1012 the moment shutdown starts; a client mid-sentence would lose what it
+    said. So streams are drained first (bounded by the shutdown timeout), then uvicorn's own shutdown finishes
+    in-flight HTTP requests and runs the lifespan exit, which drains the engine.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        if not await self.state.drain_streams(self.state.settings.shutdown_timeout_s):
+            log.warning("%d streams did not drain in time", len(self.state.streams))
+        await super().shutdown(sockets)
+
+
+def make_server(app: FastAPI, *, host: str | None = None, port: int | None = None) -> DrainingServer:
+    """The server ``speech-transformer serve``, the tests and the benchmark all run."""
+    state: ServiceState = app.state.service
+    return DrainingServer(server_config(app, state.settings, host=host, port=port), state)
 
 
 def server_config(app: FastAPI, settings: Settings, *, host: str | None = None, port: int | None = None) -> uvicorn.Config:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastapi import Request
 
@@ -15,6 +18,10 @@ from .vad import SpeechDetector
 from .worker import ModelWorker
 
 
+class Drainable(Protocol):
+    def drain(self) -> None: ...
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -25,12 +32,26 @@ class ServiceState:
     transcriber: TranscriptionService | None = None
     phase: str = "loading"  # loading -> ready -> stopping, or loading -> failed
     error: str | None = None
-    streams: int = 0
+    streams: set[Drainable] = field(default_factory=set)  # the open WebSocket sessions
     created: int = 0  # unix time the model was loaded (OpenAI's model "created")
 
     @property
     def ready(self) -> bool:
         return self.phase == "ready"
+
+    def stop_accepting(self) -> None:
+        self.phase = "stopping"
+        self.metrics.ready.set(0)
+
+    async def drain_streams(self, timeout_s: float) -> bool:
+        """Shutdown, first step: every open stream gets its last finals and a 1001 close; False on timeout."""
+        self.stop_accepting()
+        for session in list(self.streams):
+            session.drain()
+        deadline = time.monotonic() + timeout_s
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.streams
 
 
 def service_state(request: Request) -> ServiceState:

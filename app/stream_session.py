@@ -103,6 +103,7 @@ class StreamSession:
         self.options = StreamOptions(beam_size=default_beam)
         self.started = False  # audio has arrived: the config is fixed
         self.finished = False
+        self.draining = False  # the server ended the session (shutdown), not the client
         self.audio_seconds = 0.0
         self._outbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._jobs: list[Job] = []
@@ -132,6 +133,8 @@ class StreamSession:
         self._setup()
 
     def feed(self, data: bytes) -> None:
+        if self.draining:
+            return  # frames the client sent before it learned of the shutdown: too late to decode
         if self.finished:
             raise StreamError(1008, "audio after eof")
         if len(data) > self.limits.max_frame_bytes:
@@ -159,6 +162,12 @@ class StreamSession:
         if last is not None:
             self._submit_final(*last)
         self._outbox.put_nowait(None)
+
+    def drain(self) -> None:
+        """The server is shutting down: decode what has arrived as if the client had sent eof."""
+        if not self.finished:
+            self.draining = True
+            self.finish()
 
     def abort(self) -> None:
         """The client is gone: drop every decode that has not run yet."""

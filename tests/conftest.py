@@ -119,16 +119,14 @@ async def exchange(ws, messages: list) -> tuple[list[dict], int, str]:
 @pytest.fixture(scope="session")
 def launch(checkpoint: Path):
     """``with launch(**settings) as live:`` runs a real uvicorn server in a thread on a free loopback port."""
-    import uvicorn
-
     from app.config import Settings
-    from app.main import create_app, server_config
+    from app.main import create_app, make_server
 
     @contextmanager
     def _launch(expect_ready: bool = True, **overrides) -> Iterator[LiveServer]:
         settings = Settings(**({"weights": checkpoint, "default_beam_size": 2, "log_level": "warning"} | overrides))
         app = create_app(settings)
-        server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=0))
+        server = make_server(app, host="127.0.0.1", port=0)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:

@@ -185,3 +185,26 @@ def test_a_broken_checkpoint_reports_not_ready_instead_of_dying(launch, checkpoi
         r = httpx.post(live.url + "/transcribe", content=b"x")
         assert r.status_code == 503 and "failed to load" in r.json()["detail"]
         assert httpx.get(live.url + "/healthz").status_code == 200
+
+
+def test_shutdown_gives_open_streams_their_last_final_then_closes_1001(launch, speech) -> None:
+    clip = speech["fox"]
+    pcm = (np.clip(clip.audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+    async def scenario(live) -> tuple[list[dict], int, str]:
+        async with connect(stream_url(live.url), proxy=None) as ws:
+            for i in range(0, len(pcm), 3200):
+                await ws.send(pcm[i: i + 3200])
+            while sum(s.audio_seconds for s in live.state.streams) < clip.seconds - 1e-3:
+                await asyncio.sleep(0.01)  # the server has every sample; no eof is coming
+            live.server.should_exit = True  # what SIGTERM does
+            replies = [json.loads(m) async for m in ws]
+            return replies, ws.close_code, ws.close_reason
+
+    with launch(max_wait_ms=10) as live:
+        replies, code, reason = asyncio.run(scenario(live))
+        assert not live.state.streams
+    finals = [m for m in replies if m["type"] == "final"]
+    assert len(finals) == 1 and replies[-1] is finals[0], replies
+    assert finals[0]["end"] >= clip.seconds - 0.3  # the speech up to the shutdown, not a fragment of it
+    assert (code, reason) == (1001, "the server is shutting down")

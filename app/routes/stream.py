@@ -78,6 +78,9 @@ async def _run(ws: WebSocket, session: StreamSession, state: ServiceState) -> in
             if sender in done:
                 receiving.cancel()
                 sender.result()  # raises the StreamError that ended it
+                if session.draining:  # every final is out; tell the client to reconnect elsewhere
+                    await ws.close(1001, "the server is shutting down")
+                    return 1001
                 raise StreamError(1011, "internal error: the session stopped sending")
             if receiving not in done:
                 receiving.cancel()
@@ -125,13 +128,14 @@ async def stream(ws: WebSocket) -> None:
             raise StreamError(1008, "missing or invalid API key")
         if not state.ready:
             raise StreamError(1013, "the model is not ready; retry shortly")
-        if state.streams >= state.settings.max_streams:
-            raise StreamError(1013, f"{state.streams} streams are open (limit {state.settings.max_streams}); retry later")
-        state.streams += 1
-        counted = True
-        state.metrics.active_streams.inc()
+        if len(state.streams) >= state.settings.max_streams:
+            raise StreamError(1013, f"{len(state.streams)} streams are open (limit {state.settings.max_streams}); "
+                                    "retry later")
         session = StreamSession(state.engine, state.detector, limits_from(state), state.settings.default_beam_size,
                                 request_id=request_id.get())
+        state.streams.add(session)
+        counted = True
+        state.metrics.active_streams.inc()
         code = await _run(ws, session, state)
         log.info("stream closed (%d) after %.1f s of audio", code, session.audio_seconds)
     except StreamError as e:
@@ -145,6 +149,6 @@ async def stream(ws: WebSocket) -> None:
         await _fail(ws, StreamError(1011, "internal error"))
     finally:
         if counted:
-            state.streams -= 1
+            state.streams.discard(session)
             state.metrics.active_streams.dec()
         state.metrics.requests.labels(ROUTE, str(code)).inc()
