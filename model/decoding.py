@@ -4,6 +4,10 @@ B utterances x K beams run as one ``(B*K)`` batch per step. The encoder output's
 projected once per utterance and shared by its beams; decoder self-attention keys/values live in a preallocated
 :class:`~model.kv_cache.KVCache` reordered by beam parent. An utterance whose beams are all finished leaves the
 active batch, so each step's compute tracks the live hypotheses.
+
+With a CTC head the search is joint by default: each beam's best few decoder tokens are also scored by the CTC
+prefix probability (:mod:`model.ctc_prefix`), which keeps hypotheses aligned with the audio (no dropped or looped
+words). ``ctc_mode="rescore"`` instead only re-ranks the finished n-best with the whole-sequence CTC likelihood.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .ctc_prefix import CTCPrefixScorer
 from .transformer import SpeechTransformer, padding_mask
+
+IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below every possible one but stay comparable
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,11 @@ class DecodeOptions:
     length_penalty: float = 1.0  # rank by score / len ** length_penalty (0 = raw log-probability)
     max_len_ratio: float = 1.0  # at most this many output tokens per encoder frame (40 ms)
     min_len: int = 0  # the end token is not allowed before this many tokens
-    ctc_weight: float = 0.3  # weight of the CTC log-likelihood when re-ranking finished hypotheses
+    ctc_weight: float = 0.3  # weight of the CTC head's log-likelihood in the joint score (0 = attention only)
+    # "prefix": CTC prefix scores join every beam step (Watanabe et al. 2017); "rescore": CTC only re-ranks the
+    # finished n-best (cheaper, weaker).
+    ctc_mode: str = "prefix"
+    ctc_prebeam: int = 0  # prefix mode: the decoder's top tokens per beam that CTC scores (0 = 1.5 x beam_size)
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
 
     def __post_init__(self) -> None:
@@ -34,6 +45,8 @@ class DecodeOptions:
             raise ValueError("n_best must be between 1 and beam_size")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError("ctc_weight must be in [0, 1]")
+        if self.ctc_mode not in ("prefix", "rescore"):
+            raise ValueError("ctc_mode must be 'prefix' or 'rescore'")
 
 
 @dataclass(frozen=True)
@@ -65,24 +78,31 @@ def beam_search(
     mem_kv = dec.memory_kv(memory)
     max_lens = (lengths.float() * opts.max_len_ratio).ceil().long().clamp(1, cfg.max_target_positions - 1).tolist()
     steps = max(max_lens)
+    weight = opts.ctc_weight if ctc_logprobs is not None else 0.0
+    prefix = None
+    if weight > 0 and opts.ctc_mode == "prefix":
+        prefix = CTCPrefixScorer(ctc_logprobs, lengths, beams, blank=cfg.pad_id, eos=cfg.eos_id)
+        width = min(cfg.vocab_size, opts.ctc_prebeam or max(beams + 1, math.ceil(1.5 * beams)))
+        ctc_prev = torch.zeros(batch * beams, device=device)
 
     active = list(range(batch))  # original index of each utterance still decoding
     max_len_t = torch.tensor(max_lens, device=device)
-    scores = torch.zeros(batch, beams, device=device)
+    scores = torch.zeros(batch, beams, device=device)  # what ranks the beams: attention, or joint in prefix mode
     scores[:, 1:] = float("-inf")  # every beam starts identical: keep only one alive at the first step
+    att = torch.zeros(batch, beams, device=device)  # the attention decoder's own log-probability
     history = torch.zeros(batch * beams, steps, dtype=torch.long, device=device)
     last = torch.full((batch * beams,), cfg.sos_id, dtype=torch.long, device=device)
     cache = dec.new_cache(batch * beams, steps, device, mem_kv[0][0].dtype) if opts.use_cache else None
-    finished: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(batch)]
+    finished: list[list[_Finished]] = [[] for _ in range(batch)]
 
     for t in range(steps):
         n = len(active)
         if cache is not None:
             logits = dec.step(last, cache, mem_kv, mask, beams)
         else:
-            prefix = torch.cat([torch.full((n * beams, 1), cfg.sos_id, device=device), history[: n * beams, :t]], 1)
+            prefix_tokens = torch.cat([torch.full((n * beams, 1), cfg.sos_id, device=device), history[: n * beams, :t]], 1)
             kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in mem_kv]
-            logits = dec(prefix, kv, mask.repeat_interleave(beams, 0))[:, -1]
+            logits = dec(prefix_tokens, kv, mask.repeat_interleave(beams, 0))[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1).view(n, beams, -1)
         vocab = logp.shape[-1]
         if t < opts.min_len:
@@ -91,23 +111,36 @@ def beam_search(
         if must_end.any():
             logp = torch.where(must_end[:, None, None], torch.full_like(logp, float("-inf")), logp)
             logp[..., cfg.eos_id] = torch.where(must_end[:, None], 0.0, logp[..., cfg.eos_id])
-        cand = (scores[:, :, None] + logp).view(n, -1)
+
+        if prefix is None:
+            gain, cand_tokens, cand_ctc, per_beam = logp, None, None, vocab
+        else:
+            # Only the decoder's best few tokens per beam are worth a CTC pass over the frames.
+            att_top, cand_tokens = logp.topk(width, dim=-1)
+            cand_ctc = prefix.extend(cand_tokens.view(n * beams, width)).view(n, beams, width)
+            ctc_gain = torch.where(torch.isfinite(cand_ctc), cand_ctc - ctc_prev.view(n, beams, 1), IMPOSSIBLE)
+            gain, per_beam = (1 - weight) * att_top + weight * ctc_gain, width
+            logp = att_top
+        cand = (scores[:, :, None] + gain).view(n, -1)
         top_scores, top_idx = cand.topk(2 * beams, dim=1)
-        parent, token = top_idx // vocab, top_idx % vocab
+        parent, col = top_idx // per_beam, top_idx % per_beam
+        token = col if cand_tokens is None else cand_tokens.view(n, -1).gather(1, top_idx)
+        top_att = att.gather(1, parent) + logp.view(n, -1).gather(1, top_idx)
         is_end = token == cfg.eos_id
 
         # End tokens ranked within the first K candidates complete a hypothesis.
         done_now = (is_end[:, :beams] & torch.isfinite(top_scores[:, :beams])).nonzero().tolist()
         for u, r in done_now:
             row = u * beams + int(parent[u, r])
-            seq = tuple(history[row, :t].tolist())
-            finished[active[u]].append((seq, float(top_scores[u, r])))
+            ctc = None if cand_ctc is None else float(cand_ctc.view(n, -1)[u, int(top_idx[u, r])])
+            finished[active[u]].append(_Finished(tuple(history[row, :t].tolist()), float(top_scores[u, r]),
+                                                 float(top_att[u, r]), ctc))
 
         # The K best candidates that do not end stay alive.
         rank = torch.arange(2 * beams, device=device).expand(n, -1)
         keep_idx = (rank + is_end.long() * 2 * beams).topk(beams, dim=1, largest=False).indices
-        scores = top_scores.gather(1, keep_idx)
-        parent, token = parent.gather(1, keep_idx), token.gather(1, keep_idx)
+        scores, att = top_scores.gather(1, keep_idx), top_att.gather(1, keep_idx)
+        parent, col, token = parent.gather(1, keep_idx), col.gather(1, keep_idx), token.gather(1, keep_idx)
 
         still = torch.tensor([len(finished[i]) < beams for i in active], device=device) & ~must_end
         if not bool(still.any()):
@@ -119,31 +152,42 @@ def beam_search(
         last = token[keep_u].flatten()
         if cache is not None:
             cache.select(rows)
+        if prefix is not None:
+            ctc_prev = prefix.select(rows, col[keep_u].flatten())
         if keep_u.numel() < n:
             mem_kv = [(k[keep_u], v[keep_u]) for k, v in mem_kv]
             mask, max_len_t = mask[keep_u], max_len_t[keep_u]
             active = [active[i] for i in keep_u.tolist()]
-        scores = scores[keep_u]
+        scores, att = scores[keep_u], att[keep_u]
 
-    return _rank(finished, opts, ctc_logprobs, lengths)
+    rescore = ctc_logprobs if weight > 0 and prefix is None else None
+    return _rank(finished, opts, rescore, lengths)
+
+
+@dataclass(frozen=True)
+class _Finished:
+    tokens: tuple[int, ...]
+    score: float  # the search's own score (attention, or joint in prefix mode), not yet length-normalised
+    att: float
+    ctc: float | None
 
 
 def _rank(
-    finished: list[list[tuple[tuple[int, ...], float]]],
+    finished: list[list[_Finished]],
     opts: DecodeOptions,
-    ctc_logprobs: torch.Tensor | None,
+    rescore_ctc: torch.Tensor | None,
     lengths: torch.Tensor,
 ) -> list[list[Hypothesis]]:
+    """Length-normalise and sort; with ``rescore_ctc``, first mix in the CTC likelihood of each whole hypothesis."""
     results = []
     for i, hyps in enumerate(finished):
-        ctc = _ctc_scores(ctc_logprobs[i, : int(lengths[i])], [h for h, _ in hyps]) if ctc_logprobs is not None and opts.ctc_weight > 0 else None
-        ranked = []
-        for j, (seq, att) in enumerate(hyps):
-            joint = att
-            if ctc is not None:
-                # CTC cannot emit more labels than frames: such hypotheses rank below every possible one.
-                joint = (1 - opts.ctc_weight) * att + opts.ctc_weight * ctc[j] if math.isfinite(ctc[j]) else att - 1e4
-            ranked.append(Hypothesis(seq, _normalise(joint, len(seq) + 1, opts.length_penalty), att, None if ctc is None else ctc[j]))
+        if rescore_ctc is not None:
+            ctc = _ctc_scores(rescore_ctc[i, : int(lengths[i])], [h.tokens for h in hyps])
+            # CTC cannot emit more labels than frames: such hypotheses rank below every possible one.
+            hyps = [_Finished(h.tokens, (1 - opts.ctc_weight) * h.att + opts.ctc_weight * c if math.isfinite(c)
+                              else h.att + IMPOSSIBLE, h.att, c) for h, c in zip(hyps, ctc)]
+        ranked = [Hypothesis(h.tokens, _normalise(h.score, len(h.tokens) + 1, opts.length_penalty), h.att, h.ctc)
+                  for h in hyps]
         ranked.sort(key=lambda h: h.score, reverse=True)
         results.append(ranked[: opts.n_best])
     return results

@@ -67,7 +67,8 @@ def main() -> None:
     p.add_argument("--weights", default="weights")
     p.add_argument("--manifest", required=True, action="append", help="may be given several times")
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--ctc-weight", type=float, default=0.3)
+    p.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight)
+    p.add_argument("--ctc-mode", choices=["prefix", "rescore"], default=DecodeOptions.ctc_mode)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report", default=None, help="write the JSON report here")
@@ -75,7 +76,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     rec = Recognizer.load(a.weights, device="cpu")
-    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight)
+    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode)
     reports = []
     for m in a.manifest:
         r = evaluate(rec, m, opts, a.batch_size)
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
-    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "reports": reports}
+    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "ctc_mode": a.ctc_mode, "reports": reports}
     if a.report:
         Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}))
