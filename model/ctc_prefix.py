@@ -12,27 +12,30 @@ from __future__ import annotations
 import torch
 
 NEG_INF = float("-inf")
+CLOSED_FORM_MAX = 256  # rows x candidates up to which the loop-free solver is faster (measured on a 2-core CPU)
+UNLIKELY = 1e6  # log-probabilities are clamped to >= -UNLIKELY; a score below -UNLIKELY / 2 means impossible
 
 
 class CTCPrefixScorer:
     """Prefix log-probabilities for ``utterances x beams`` rows, kept in the same row order as the beam search.
 
-    Tensors are time-major (``(T, rows, ...)``) so the recursion over frames reads contiguous slices.
+    Tensors are time-major (``(T, rows, ...)``) and float64, so the closed form's large offsets stay exact.
     """
 
     def __init__(self, logprobs: torch.Tensor, lengths: torch.Tensor, beams: int, blank: int, eos: int) -> None:
         """``logprobs`` ``(U, T, V)`` are the CTC head's log-softmax outputs, ``lengths`` ``(U,)`` its valid frames."""
         u, frames, _ = logprobs.shape
-        x = logprobs.float().transpose(0, 1).contiguous()  # (T, U, V)
+        x = logprobs.double().transpose(0, 1).contiguous()  # (T, U, V)
         # Frames past an utterance's end emit blank with certainty: the recursion carries the totals through them
-        # unchanged, so the last frame holds every row's complete-sequence probability.
+        # unchanged, so the last frame holds every row's complete-sequence probability. Labels there get a huge
+        # but finite cost (the closed form subtracts cumulative sums, which must stay finite).
         pad = torch.arange(frames, device=x.device)[:, None] >= lengths[None, :].to(x.device)
-        x[pad] = NEG_INF
-        x[..., blank] = torch.where(pad, 0.0, x[..., blank])
+        x = x.clamp(min=-UNLIKELY).masked_fill(pad[..., None], -UNLIKELY)
+        x[..., blank] = x[..., blank].masked_fill(pad, 0.0)
         self.x, self.blank, self.eos, self.frames = x, blank, eos, frames
         self.utt = torch.arange(u, device=x.device).repeat_interleave(beams)  # utterance of each row
         # The empty prefix: no label yet, only blanks so far.
-        self.r_n = torch.full((frames, u * beams), NEG_INF, device=x.device)
+        self.r_n = torch.full((frames, u * beams), NEG_INF, dtype=x.dtype, device=x.device)
         self.r_b = x[:, self.utt, blank].cumsum(0)
         self.last = torch.full((u * beams,), -1, dtype=torch.long, device=x.device)
         self.length = 0  # labels in every row's prefix
@@ -44,30 +47,24 @@ class CTCPrefixScorer:
         For ``eos`` it is the probability of exactly the row's hypothesis instead. Every candidate's state is kept
         until :meth:`select` picks the survivors.
         """
-        rows, cands = tokens.shape
         x_c = self.x[:, self.utt[:, None], tokens]  # (T, rows, C)
         x_b = self.x[:, self.utt, self.blank][..., None]  # (T, rows, 1)
         total = torch.logaddexp(self.r_n, self.r_b)
         # A repeated label needs a blank in between: only paths that end in blank may emit it again.
         repeat = (tokens == self.last[:, None])[None]
         phi = torch.where(repeat, self.r_b[..., None], total[..., None])  # (T, rows, C)
-        r_n = torch.full_like(x_c, NEG_INF)
-        r_b = torch.full_like(x_c, NEG_INF)
-        if self.length == 0:
-            r_n[0] = x_c[0]
-        # L labels need at least L frames: the new one cannot come before frame L (earlier states stay -inf).
-        start = max(1, self.length)
-        for t in range(start, self.frames):
-            r_n[t] = torch.logaddexp(r_n[t - 1], phi[t - 1]) + x_c[t]
-            r_b[t] = torch.logaddexp(r_n[t - 1], r_b[t - 1]) + x_b[t]
-        # The new label's first frame is t: the old prefix was complete by frame t - 1.
-        first = phi[start - 1: self.frames - 1] + x_c[start:]
-        if self.length == 0:
-            first = torch.cat([x_c[:1], first])
-        scores = torch.where(tokens == self.eos, total[-1][:, None], torch.logsumexp(first, 0))
-        scores = scores.masked_fill(tokens == self.blank, NEG_INF)  # the blank is CTC's, never an output token
+        # phi_prev[t]: the old prefix complete by frame t - 1, so the new label may start at frame t. Before the
+        # first frame only the empty prefix is complete.
+        first = torch.full_like(phi[:1], 0.0 if self.length == 0 else NEG_INF)
+        phi_prev = torch.cat([first, phi[:-1]])
+        solve = _closed_form if phi.shape[1] * phi.shape[2] <= CLOSED_FORM_MAX else _frame_by_frame
+        r_n, r_b = solve(phi_prev, x_c, x_b, max(1, self.length))
+        prefix = torch.logsumexp(phi_prev + x_c, 0)
+        scores = torch.where(tokens == self.eos, total[-1][:, None], prefix)
+        # The blank is CTC's, never an output token; a path through a clamped frame is no path at all.
+        scores = scores.masked_fill((tokens == self.blank) | (scores < -UNLIKELY / 2), NEG_INF)
         self._pending = (tokens, r_n, r_b, scores)
-        return scores
+        return scores.float()
 
     def select(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Candidate ``cols[i]`` of row ``rows[i]`` becomes row ``i``; returns the survivors' prefix scores."""
@@ -79,4 +76,36 @@ class CTCPrefixScorer:
         self.utt = self.utt[rows]
         self.length += 1
         self._pending = None
-        return scores[rows, cols]
+        return scores[rows, cols].float()
+
+
+def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
+                    start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook recursion: a few small ops per frame. Cheapest when rows x candidates is large.
+
+    A prefix of ``start`` labels cannot end before frame ``start``: those frames are impossible and skipped.
+    """
+    r_n = torch.full_like(x_c, NEG_INF)
+    r_b = torch.full_like(x_c, NEG_INF)
+    if start == 1:
+        r_n[0] = phi_prev[0] + x_c[0]
+    for t in range(start, x_c.shape[0]):
+        r_n[t] = torch.logaddexp(r_n[t - 1], phi_prev[t]) + x_c[t]
+        r_b[t] = torch.logaddexp(r_n[t - 1], r_b[t - 1]) + x_b[t]
+    return r_n, r_b
+
+
+def _closed_form(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
+                 start: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same recursion without a loop over frames; cheapest when rows x candidates is small.
+
+    ``r_n[t] = (r_n[t-1] + phi_prev[t]) * x_c[t]`` (in probabilities) is a first-order linear recurrence:
+    ``r_n[t] = sum over s <= t of phi_prev[s] * prod(x_c[s..t])``, i.e. a cumulative sum of ``phi_prev`` rescaled by
+    cumulative products of ``x_c``; likewise ``r_b[t] = sum over s < t of r_n[s] * prod(x_b[s+1..t])``.
+    """
+    c = x_c.cumsum(0)
+    c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
+    r_n = c + torch.logcumsumexp(phi_prev - c_prev, 0)
+    cb = x_b.cumsum(0)
+    r_b = cb + torch.logcumsumexp(torch.cat([torch.full_like(r_n[:1], NEG_INF), r_n[:-1] - cb[:-1]]), 0)
+    return r_n, r_b

@@ -105,3 +105,10 @@ def test_full_ctc_weight_follows_the_ctc_head(net: SpeechTransformer) -> None:
     hyps = beam_search(net, memory, enc_lens, DecodeOptions(beam_size=4, ctc_weight=1.0, ctc_prebeam=32),
                        lp.log_softmax(-1))
     assert list(hyps[0][0].tokens) == target
+
+
+@pytest.mark.parametrize("closed_form_max", [0, 10**9])
+def test_both_solvers_agree_with_ctc_likelihood(monkeypatch, closed_form_max: int) -> None:
+    monkeypatch.setattr("model.ctc_prefix.CLOSED_FORM_MAX", closed_form_max)
+    test_whole_sequence_scores_equal_ctc_likelihood_in_a_padded_batch()
+    test_prefix_mass_splits_into_ending_here_and_every_continuation()
