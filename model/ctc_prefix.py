@@ -19,13 +19,13 @@ UNLIKELY = 1e6  # log-probabilities are clamped to >= -UNLIKELY; a score below -
 class CTCPrefixScorer:
     """Prefix log-probabilities for ``utterances x beams`` rows, kept in the same row order as the beam search.
 
-    Tensors are time-major (``(T, rows, ...)``) and float64, so the closed form's large offsets stay exact.
+    Tensors are time-major (``(T, rows, ...)``), so each frame is a contiguous slice.
     """
 
     def __init__(self, logprobs: torch.Tensor, lengths: torch.Tensor, beams: int, blank: int, eos: int) -> None:
         """``logprobs`` ``(U, T, V)`` are the CTC head's log-softmax outputs, ``lengths`` ``(U,)`` its valid frames."""
         u, frames, _ = logprobs.shape
-        x = logprobs.double().transpose(0, 1).contiguous()  # (T, U, V)
+        x = logprobs.float().transpose(0, 1).contiguous()  # (T, U, V)
         # Frames past an utterance's end emit blank with certainty: the recursion carries the totals through them
         # unchanged, so the last frame holds every row's complete-sequence probability. Labels there get a huge
         # but finite cost (the closed form subtracts cumulative sums, which must stay finite).
@@ -64,7 +64,7 @@ class CTCPrefixScorer:
         # The blank is CTC's, never an output token; a path through a clamped frame is no path at all.
         scores = scores.masked_fill((tokens == self.blank) | (scores < -UNLIKELY / 2), NEG_INF)
         self._pending = (tokens, r_n, r_b, scores)
-        return scores.float()
+        return scores
 
     def select(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Candidate ``cols[i]`` of row ``rows[i]`` becomes row ``i``; returns the survivors' prefix scores."""
@@ -76,7 +76,7 @@ class CTCPrefixScorer:
         self.utt = self.utt[rows]
         self.length += 1
         self._pending = None
-        return scores[rows, cols].float()
+        return scores[rows, cols]
 
 
 def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
@@ -85,14 +85,14 @@ def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor
 
     A prefix of ``start`` labels cannot end before frame ``start``: those frames are impossible and skipped.
     """
-    r_n = torch.full_like(x_c, NEG_INF)
-    r_b = torch.full_like(x_c, NEG_INF)
-    if start == 1:
-        r_n[0] = phi_prev[0] + x_c[0]
+    impossible = torch.full_like(x_c[0], NEG_INF)
+    r_n = [impossible] * (start - 1) + [phi_prev[0] + x_c[0] if start == 1 else impossible]
+    r_b = [impossible] * start
     for t in range(start, x_c.shape[0]):
-        r_n[t] = torch.logaddexp(r_n[t - 1], phi_prev[t]) + x_c[t]
-        r_b[t] = torch.logaddexp(r_n[t - 1], r_b[t - 1]) + x_b[t]
-    return r_n, r_b
+        prev = r_n[-1]
+        r_n.append(torch.logaddexp(prev, phi_prev[t]).add_(x_c[t]))
+        r_b.append(torch.logaddexp(prev, r_b[-1]).add_(x_b[t]))
+    return torch.stack(r_n), torch.stack(r_b)
 
 
 def _closed_form(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
@@ -102,10 +102,13 @@ def _closed_form(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
     ``r_n[t] = (r_n[t-1] + phi_prev[t]) * x_c[t]`` (in probabilities) is a first-order linear recurrence:
     ``r_n[t] = sum over s <= t of phi_prev[s] * prod(x_c[s..t])``, i.e. a cumulative sum of ``phi_prev`` rescaled by
     cumulative products of ``x_c``; likewise ``r_b[t] = sum over s < t of r_n[s] * prod(x_b[s+1..t])``.
+    The cumulative sums reach millions in magnitude, so this runs in float64 and returns the inputs' dtype.
     """
+    dtype = x_c.dtype
+    phi_prev, x_c, x_b = phi_prev.double(), x_c.double(), x_b.double()
     c = x_c.cumsum(0)
     c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
     r_n = c + torch.logcumsumexp(phi_prev - c_prev, 0)
     cb = x_b.cumsum(0)
     r_b = cb + torch.logcumsumexp(torch.cat([torch.full_like(r_n[:1], NEG_INF), r_n[:-1] - cb[:-1]]), 0)
-    return r_n, r_b
+    return r_n.to(dtype), r_b.to(dtype)
