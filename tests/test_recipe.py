@@ -100,3 +100,19 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     # Resuming a finished run continues from its saved state instead of starting over.
     state = json.loads((out / "state" / "state.json").read_text())
     assert state["step"] == 120
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_is_complete_and_builds(config: Path) -> None:
+    """The GPU and stage-2 configs are not exercised by a CPU run: at least they must load and build."""
+    from model.config import ModelConfig
+    from model.transformer import SpeechTransformer
+
+    reference = json.loads((config.parent / "default.json").read_text())
+    conf = json.loads(config.read_text())
+    assert conf.keys() == reference.keys()
+    for section in conf:
+        assert conf[section].keys() == reference[section].keys(), section
+    net = SpeechTransformer(ModelConfig(vocab_size=conf["tokenizer"]["vocab_size"], **conf["model"]))
+    assert sum(p.numel() for p in net.parameters()) > 1_000_000
