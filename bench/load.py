@@ -174,9 +174,9 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=None, help="beam width (default: the server's)")
     ap.add_argument("--max-batch", type=int, default=16, help="ASR_MAX_BATCH_SIZE of the batching run")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="ASR_TORCH_THREADS of the local servers (default 1: no thread-scaling confound, and on a "
-                         "shared CPU several spinning threads are slower; 0 = torch's default)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="ASR_TORCH_THREADS of the local servers (default 0: unset, torch's own choice, as "
+                         "`speech-transformer serve` runs; 1 = one intra-op thread)")
     args = ap.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
