@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from dataclasses import replace
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model.decoding import DecodeOptions
 
 # The shipped checkpoint sits beside the packages, so `speech-transformer serve` works with no arguments.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -36,6 +40,11 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(600.0, gt=0)
     default_beam_size: int = Field(5, ge=1)
     max_beam_size: int = Field(16, ge=1)
+    ctc_weight: float = Field(DecodeOptions.ctc_weight, ge=0, le=1,
+                              description="weight of the CTC head in the joint score (0 = attention only)")
+    ctc_mode: Literal["prefix", "rescore"] = Field(DecodeOptions.ctc_mode,
+                                                   description="CTC prefix scores in every beam step, or only "
+                                                               "re-ranking the finished n-best (cheaper)")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
 
     # WebSocket streaming
@@ -54,6 +63,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     shutdown_timeout_s: float = Field(30.0, gt=0)
+
+    def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
+        """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
+        return replace(DecodeOptions(ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode),
+                       beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ async def _load(state: ServiceState) -> None:
     s = state.settings
     try:
         worker = await asyncio.to_thread(ModelWorker.load, s.weights, s.device, s.dtype, s.torch_threads)
-        await asyncio.to_thread(worker.warm_up, s.default_beam_size)
+        await asyncio.to_thread(worker.warm_up, s.decoding())
     except Exception as e:  # a bad checkpoint must not kill the process silently: /readyz reports it
         log.exception("could not load the model from %s", s.weights)
         state.phase, state.error = "failed", f"{type(e).__name__}: {e}"

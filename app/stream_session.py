@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -97,10 +97,12 @@ class _Pending:
 
 class StreamSession:
     def __init__(self, engine: BatchingEngine, detector: SpeechDetector, limits: StreamLimits,
-                 default_beam: int, request_id: str = "") -> None:
+                 decoding: DecodeOptions, request_id: str = "") -> None:
+        """``decoding`` holds the server's decode settings; partials and finals vary only its beam size."""
         self._engine, self._detector, self.limits = engine, detector, limits
         self.request_id = request_id
-        self.options = StreamOptions(beam_size=default_beam)
+        self._decoding = decoding
+        self.options = StreamOptions(beam_size=decoding.beam_size)
         self.started = False  # audio has arrived: the config is fixed
         self.finished = False
         self.draining = False  # the server ended the session (shutdown), not the client
@@ -188,7 +190,7 @@ class StreamSession:
 
     def _submit(self, kind: str, start: int, end: int, beam: int, force: bool) -> Job:
         try:
-            job = self._engine.submit([self._tape.slice(start, end)], DecodeOptions(beam_size=beam), force=force,
+            job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam), force=force,
                                       request_id=self.request_id)
         except EngineClosed as e:
             raise StreamError(1001, str(e)) from e

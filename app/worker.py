@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +48,13 @@ class ModelWorker:
     def run(self, audios: list[np.ndarray], options: DecodeOptions) -> list[TranscriptionResult]:
         return self.recognizer.transcribe(audios, options)
 
-    def warm_up(self, beam_size: int) -> float:
+    def warm_up(self, options: DecodeOptions) -> float:
         """Decode one small batch so the first real request pays no lazy-initialisation cost; returns seconds."""
         started = time.perf_counter()
         rng = np.random.default_rng(0)
         clips = [(0.01 * rng.standard_normal(int(self.sample_rate * s))).astype(np.float32) for s in (1.0, 0.5)]
-        for beam in sorted({1, beam_size}):
-            self.run(clips, DecodeOptions(beam_size=beam))
+        for beam in sorted({1, options.beam_size}):  # streaming partials decode with beam 1
+            self.run(clips, replace(options, beam_size=beam))
         elapsed = time.perf_counter() - started
         log.info("warm-up batch done in %.1f s", elapsed)
         return elapsed

@@ -122,3 +122,20 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASR_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_decode_settings_become_each_requests_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.decoding import DecodeOptions
+
+    assert Settings().decoding() == DecodeOptions(beam_size=Settings().default_beam_size)
+    monkeypatch.setenv("ASR_CTC_WEIGHT", "0.5")
+    monkeypatch.setenv("ASR_CTC_MODE", "rescore")
+    monkeypatch.setenv("ASR_DEFAULT_BEAM_SIZE", "3")
+    s = Settings()
+    assert s.decoding() == DecodeOptions(beam_size=3, ctc_weight=0.5, ctc_mode="rescore")
+    assert s.decoding(7, n_best=2) == DecodeOptions(beam_size=7, n_best=2, ctc_weight=0.5, ctc_mode="rescore")
+    for name, bad in (("ASR_CTC_MODE", "shallow"), ("ASR_CTC_WEIGHT", "1.5")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError):
+            Settings()
+        monkeypatch.delenv(name)

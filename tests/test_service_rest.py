@@ -251,3 +251,19 @@ def test_openapi_documents_every_route(server) -> None:
 
 def test_sf_can_write_every_format_we_test() -> None:
     assert {"WAV", "FLAC", "OGG", "MP3"} <= set(sf.available_formats())
+
+
+def test_the_servers_ctc_settings_reach_the_decoder(launch, checkpoint, speech) -> None:
+    """Served with CTC re-ranking switched off, a transcript equals the recognizer's attention-only decode."""
+    from model.decoding import DecodeOptions
+    from model.recognizer import Recognizer
+
+    options = DecodeOptions(beam_size=2, n_best=2, ctc_weight=0.0, ctc_mode="rescore")
+    expected = Recognizer.load(checkpoint, device="cpu").transcribe([speech["fox"].audio], options)[0]
+    with launch(ctc_weight=0.0, ctc_mode="rescore") as live:
+        body = httpx.post(f"{live.url}/transcribe?n_best=2", files={"file": ("a.wav", speech["fox"].wav)},
+                          timeout=60).json()
+    assert body["text"] == expected.text
+    alternatives = body["segments"][0]["n_best"]
+    assert [h["text"] for h in alternatives] == [h.text for h in expected.n_best]
+    assert [h["score"] for h in alternatives] == pytest.approx([h.score for h in expected.n_best], abs=1e-3)

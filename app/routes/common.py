@@ -31,11 +31,12 @@ def first_given(*values: int | None) -> int | None:
 
 
 def decode_options(settings: Settings, beam_size: int | None, n_best: int | None) -> DecodeOptions:
+    """The request's options, checked against the server's limits (422 otherwise)."""
     beam = settings.default_beam_size if beam_size is None else beam_size
     if not 1 <= beam <= settings.max_beam_size:
         raise ApiError(422, f"beam_size: must be between 1 and {settings.max_beam_size}, got {beam}")
     try:
-        return DecodeOptions(beam_size=beam, n_best=1 if n_best is None else n_best)
+        return settings.decoding(beam, 1 if n_best is None else n_best)
     except ValueError as e:
         raise ApiError(422, str(e)) from e
 

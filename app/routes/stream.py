@@ -131,7 +131,7 @@ async def stream(ws: WebSocket) -> None:
         if len(state.streams) >= state.settings.max_streams:
             raise StreamError(1013, f"{len(state.streams)} streams are open (limit {state.settings.max_streams}); "
                                     "retry later")
-        session = StreamSession(state.engine, state.detector, limits_from(state), state.settings.default_beam_size,
+        session = StreamSession(state.engine, state.detector, limits_from(state), state.settings.decoding(),
                                 request_id=request_id.get())
         state.streams.add(session)
         counted = True
