@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from dataclasses import replace
-
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -66,8 +64,8 @@ class Settings(BaseSettings):
 
     def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
-        return replace(DecodeOptions(ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode),
-                       beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best)
+        return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
+                             ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -190,8 +190,8 @@ class StreamSession:
 
     def _submit(self, kind: str, start: int, end: int, beam: int, force: bool) -> Job:
         try:
-            job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam), force=force,
-                                      request_id=self.request_id)
+            job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam),
+                                      force=force, request_id=self.request_id)
         except EngineClosed as e:
             raise StreamError(1001, str(e)) from e
         self._jobs = [j for j in self._jobs if not j.future.done()] + [job]

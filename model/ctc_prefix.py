@@ -96,13 +96,14 @@ def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor
 
 
 def _closed_form(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
-                 start: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                 start: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same recursion without a loop over frames; cheapest when rows x candidates is small.
 
     ``r_n[t] = (r_n[t-1] + phi_prev[t]) * x_c[t]`` (in probabilities) is a first-order linear recurrence:
     ``r_n[t] = sum over s <= t of phi_prev[s] * prod(x_c[s..t])``, i.e. a cumulative sum of ``phi_prev`` rescaled by
     cumulative products of ``x_c``; likewise ``r_b[t] = sum over s < t of r_n[s] * prod(x_b[s+1..t])``.
     The cumulative sums reach millions in magnitude, so this runs in float64 and returns the inputs' dtype.
+    ``start`` is not needed here: frames before it come out impossible (-inf) on their own.
     """
     dtype = x_c.dtype
     phi_prev, x_c, x_b = phi_prev.double(), x_c.double(), x_b.double()

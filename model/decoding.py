@@ -100,7 +100,8 @@ def beam_search(
         if cache is not None:
             logits = dec.step(last, cache, mem_kv, mask, beams)
         else:
-            prefix_tokens = torch.cat([torch.full((n * beams, 1), cfg.sos_id, device=device), history[: n * beams, :t]], 1)
+            sos = torch.full((n * beams, 1), cfg.sos_id, device=device)
+            prefix_tokens = torch.cat([sos, history[: n * beams, :t]], 1)
             kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in mem_kv]
             logits = dec(prefix_tokens, kv, mask.repeat_interleave(beams, 0))[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1).view(n, beams, -1)
