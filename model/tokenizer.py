@@ -25,7 +25,8 @@ class Tokenizer:
         return self.sp.encode(text, out_type=int)
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
-        return self.sp.decode([i for i in ids if i > SPECIALS["eos"][0]])
+        # A bare word-boundary piece before a word-initial one decodes to two spaces; transcripts get one.
+        return " ".join(self.sp.decode([i for i in ids if i > SPECIALS["eos"][0]]).split())
 
 
 def train_tokenizer(text_file: str | Path, prefix: str | Path, vocab_size: int, model_type: str = "unigram") -> Path:

@@ -16,6 +16,7 @@ from model.decoding import DecodeOptions, beam_search, greedy_search
 from model.features import FilterbankFeatures
 from model.recognizer import Recognizer
 from model.testing import make_random_checkpoint
+from model.tokenizer import Tokenizer
 from model.transformer import SpeechTransformer, padding_mask, subsampled_lengths
 
 
@@ -192,3 +193,15 @@ def test_recognizer_results_do_not_depend_on_batch_company(tmp_path: Path) -> No
         assert rec.transcribe([w], DecodeOptions(beam_size=3))[0].text == r.text
     assert together[1].duration == pytest.approx(0.25)
     assert rec.transcribe([np.zeros(10, np.float32)])[0].text is not None  # shorter than one frame: no crash
+
+
+def test_tokenizer_decodes_a_bare_boundary_piece_to_one_space() -> None:
+    """The shipped model sometimes emits '▁' before '▁word'; the transcript must not carry a double space."""
+    tok = Tokenizer(Path(__file__).resolve().parents[1] / "weights" / "tokenizer.model")
+    sp = tok.sp
+    boundary = sp.piece_to_id("\u2581")
+    word = next(i for i in range(4, sp.get_piece_size()) if sp.id_to_piece(i).startswith("\u2581") and len(sp.id_to_piece(i)) > 2)
+    assert sp.decode([word, boundary, word]).count("  ") == 1  # what sentencepiece alone gives
+    text = tok.decode([word, boundary, word, 3])
+    assert "  " not in text and text == text.strip()
+    assert text.split() == [sp.id_to_piece(word)[1:]] * 2
