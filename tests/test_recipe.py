@@ -15,7 +15,7 @@ import torch
 
 from model.recognizer import Recognizer
 from recipe.augment import AugmentConfig, augment, convolve, mix_at_snr
-from recipe.train import noam_lr, spec_augment
+from recipe.train import learning_rate, noam_lr, spec_augment
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["open the door", "turn on the light", "call my sister", "play some music"]
@@ -51,6 +51,15 @@ def test_fft_convolution_matches_numpy() -> None:
 def test_noam_schedule_warms_up_then_decays() -> None:
     assert noam_lr(1, 1e-3, 100) < noam_lr(50, 1e-3, 100) < noam_lr(100, 1e-3, 100) == pytest.approx(1e-3)
     assert noam_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+
+
+def test_cooldown_anneals_linearly_to_zero_only_inside_its_window() -> None:
+    plain = {"peak_lr": 1e-3, "warmup_steps": 100}
+    cooled = {**plain, "cooldown_from": 400, "cooldown_to": 600}
+    assert learning_rate(300, cooled) == learning_rate(300, plain) == noam_lr(300, 1e-3, 100)
+    assert learning_rate(400, cooled) == pytest.approx(noam_lr(400, 1e-3, 100))
+    assert learning_rate(500, cooled) == pytest.approx(noam_lr(500, 1e-3, 100) / 2)
+    assert learning_rate(600, cooled) == learning_rate(700, cooled) == 0.0
 
 
 def test_spec_augment_masks_within_each_utterance() -> None:
@@ -112,7 +121,10 @@ def test_every_shipped_training_config_is_complete_and_builds(config: Path) -> N
     reference = json.loads((config.parent / "default.json").read_text())
     conf = json.loads(config.read_text())
     assert conf.keys() == reference.keys()
+    optional = {"cooldown_from", "cooldown_to"}
     for section in conf:
-        assert conf[section].keys() == reference[section].keys(), section
+        assert conf[section].keys() - optional == reference[section].keys(), section
+    window = [conf["train"].get(k) for k in ("cooldown_from", "cooldown_to")]
+    assert window == [None, None] or 0 <= window[0] < window[1], "a cool-down needs both ends, in order"
     net = SpeechTransformer(ModelConfig(vocab_size=conf["tokenizer"]["vocab_size"], **conf["model"]))
     assert sum(p.numel() for p in net.parameters()) > 1_000_000
