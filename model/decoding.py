@@ -31,7 +31,7 @@ class DecodeOptions:
     length_penalty: float = 1.0  # rank by score / len ** length_penalty (0 = raw log-probability)
     max_len_ratio: float = 1.0  # at most this many output tokens per encoder frame (40 ms)
     min_len: int = 0  # the end token is not allowed before this many tokens
-    ctc_weight: float = 0.2  # weight of the CTC head's log-likelihood in the joint score (0 = attention only)
+    ctc_weight: float = 0.1  # weight of the CTC head's log-likelihood in the joint score (0 = attention only)
     # "prefix": CTC prefix scores join every beam step (Watanabe et al. 2017); "rescore": CTC only re-ranks the
     # finished n-best (cheaper, weaker).
     ctc_mode: str = "prefix"
