@@ -26,6 +26,7 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 Runner = Callable[[list[np.ndarray], DecodeOptions], list[TranscriptionResult]]
+OnResult = Callable[[int, TranscriptionResult], None]
 
 
 class QueueFull(RuntimeError):
@@ -60,9 +61,11 @@ class Segment:
 class Job:
     """A caller's segments, resolved on the caller's event loop once every one is decoded (or one fails)."""
 
-    def __init__(self, engine: BatchingEngine, loop: asyncio.AbstractEventLoop, count: int, request_id: str) -> None:
+    def __init__(self, engine: BatchingEngine, loop: asyncio.AbstractEventLoop, count: int, request_id: str,
+                 on_result: OnResult | None = None) -> None:
         self._engine, self._loop = engine, loop
         self.request_id = request_id
+        self._on_result = on_result  # called on the loop with (index, result) as each segment finishes
         self.future: asyncio.Future[list[TranscriptionResult]] = loop.create_future()
         self._results: list[TranscriptionResult | None] = [None] * count
         self._remaining = count
@@ -98,6 +101,8 @@ class Job:
                 return
             self._results[seg.index] = outcome
             self._remaining -= 1
+            if self._on_result is not None:
+                self._post(lambda r, i=seg.index: self._on_result(i, r), outcome)
             if self._remaining == 0:
                 self._post(self._succeed, list(self._results))
 
@@ -149,11 +154,12 @@ class BatchingEngine:
         return len(self._pending)
 
     def submit(self, audios: Sequence[np.ndarray], options: DecodeOptions, *, request_id: str = "",
-               force: bool = False) -> Job:
+               force: bool = False, on_result: OnResult | None = None) -> Job:
         """Queue ``audios`` as one job. Raises :class:`QueueFull` when there is no room (unless ``force``:
         used for streaming finals, which are bounded by the number of sessions instead) and
-        :class:`EngineClosed` during shutdown."""
-        job = Job(self, asyncio.get_running_loop(), len(audios), request_id)
+        :class:`EngineClosed` during shutdown. ``on_result`` hears of each segment as soon as it is decoded,
+        before the job as a whole resolves."""
+        job = Job(self, asyncio.get_running_loop(), len(audios), request_id, on_result)
         if not audios:
             job.future.set_result([])
             return job

@@ -65,7 +65,8 @@ class OpenAITranscriptionForm(BaseModel):
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="accepted and ignored: decoding is beam search")
     beam_size: int | None = Field(None, ge=1, description="extension: beam width (default from settings)")
-    stream: bool = Field(False, description="server-sent events are not offered: use the WebSocket API instead")
+    stream: bool = Field(False, description="server-sent events: a transcript.text.delta per decoded segment, then "
+                                            "transcript.text.done (response_format json or text only)")
 
 
 class OpenAIUploadSchema(OpenAITranscriptionForm):

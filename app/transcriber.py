@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ from model.audio import AudioError, decode_audio
 from model.decoding import DecodeOptions
 from model.recognizer import NBest, TranscriptionResult
 
-from .engine import BatchingEngine, EngineClosed, Job, QueueFull
+from .engine import BatchingEngine, EngineClosed, Job, OnResult, QueueFull
 from .errors import ApiError
 from .segmenter import plan_segments
 from .vad import SpeechDetector
@@ -68,27 +68,78 @@ class TranscriptionService:
             raise ApiError(413, f"the audio is {len(audio) / self.rate:.1f} s long; the limit is {self.max_audio_s:g} s")
         return audio, plan_segments(self._detector, audio, self.rate, self.max_segment_s)
 
-    async def transcribe(self, data: bytes, options: DecodeOptions, *, request_id: str = "",
-                         disconnected: Callable[[], Awaitable[object]] | None = None) -> Transcript:
-        """``disconnected`` makes an awaitable that returns when the client goes away."""
+    async def _submit(self, data: bytes, options: DecodeOptions, request_id: str,
+                      on_result: OnResult | None = None) -> tuple[Job | None, list[tuple[int, int]], float, float]:
+        """Decode, cut and queue an upload: ``(job, spans, duration, preprocess_ms)``; no job when it holds no speech."""
         started = time.perf_counter()
         with self._engine.incoming():
             audio, spans = await asyncio.to_thread(self._prepare, data)
             preprocess_ms = (time.perf_counter() - started) * 1000
             duration = len(audio) / self.rate
             if not spans:
-                return Transcript("", [], duration, 0.0, 0.0, preprocess_ms)
+                return None, [], duration, preprocess_ms
             try:
-                job = self._engine.submit([audio[a:b] for a, b in spans], options, request_id=request_id)
+                job = self._engine.submit([audio[a:b] for a, b in spans], options, request_id=request_id,
+                                          on_result=on_result)
             except QueueFull as e:
                 raise self._busy(e) from e
             except EngineClosed as e:
                 raise ApiError(503, str(e), {"Retry-After": str(self.retry_after_s)}) from e
+        return job, spans, duration, preprocess_ms
+
+    def _segment(self, span: tuple[int, int], result: TranscriptionResult) -> SegmentText:
+        return SegmentText(round(span[0] / self.rate, 3), round(span[1] / self.rate, 3), result.text, result.score,
+                           result.n_best)
+
+    async def transcribe(self, data: bytes, options: DecodeOptions, *, request_id: str = "",
+                         disconnected: Callable[[], Awaitable[object]] | None = None) -> Transcript:
+        """``disconnected`` makes an awaitable that returns when the client goes away."""
+        job, spans, duration, preprocess_ms = await self._submit(data, options, request_id)
+        if job is None:
+            return Transcript("", [], duration, 0.0, 0.0, preprocess_ms)
         results = await _unless_gone(job, disconnected)
-        segments = [SegmentText(round(a / self.rate, 3), round(b / self.rate, 3), r.text, r.score, r.n_best)
-                    for (a, b), r in zip(spans, results)]
+        segments = [self._segment(span, r) for span, r in zip(spans, results)]
         text = " ".join(s.text for s in segments if s.text)
         return Transcript(text, segments, duration, job.queue_s * 1000, job.compute_s * 1000, preprocess_ms)
+
+    async def stream(self, data: bytes, options: DecodeOptions, *,
+                     request_id: str = "") -> AsyncIterator[SegmentText]:
+        """The upload's segments in order, each as soon as it and those before it are decoded.
+
+        Everything the client can get wrong (bad audio, too long, busy) raises here, before any of the answer is
+        sent; a failure while decoding raises from the iterator. Closing the iterator early (the client left)
+        withdraws the segments not yet decoded."""
+        arrived: asyncio.Queue[tuple[int, TranscriptionResult]] = asyncio.Queue()
+        job, spans, _, _ = await self._submit(data, options, request_id,
+                                              on_result=lambda i, r: arrived.put_nowait((i, r)))
+        return self._in_order(job, spans, arrived)
+
+    async def _in_order(self, job: Job | None, spans: list[tuple[int, int]],
+                        arrived: asyncio.Queue[tuple[int, TranscriptionResult]]) -> AsyncIterator[SegmentText]:
+        if job is None:
+            return
+        done: dict[int, TranscriptionResult] = {}
+        try:
+            for i, span in enumerate(spans):
+                while i not in done:
+                    if not arrived.empty():
+                        done.update([arrived.get_nowait()])
+                    elif job.future.done():  # failed or cancelled (success posts every segment first)
+                        await _result(job)
+                        raise ApiError(500, "the model lost a segment of this audio")
+                    else:
+                        getter = asyncio.ensure_future(arrived.get())
+                        try:
+                            await asyncio.wait([getter, job.future], return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            if not getter.done():
+                                getter.cancel()
+                        if getter.done() and not getter.cancelled():
+                            done.update([getter.result()])
+                yield self._segment(span, done.pop(i))
+        finally:
+            if not job.future.done():
+                job.cancel()
 
 
 async def _unless_gone(job: Job, disconnected: Callable[[], Awaitable[object]] | None):

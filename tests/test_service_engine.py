@@ -131,6 +131,36 @@ def test_a_job_of_several_segments_resolves_in_order() -> None:
     engine.stop()
 
 
+def test_each_segment_is_reported_as_soon_as_it_is_decoded() -> None:
+    """What the OpenAI route's server-sent events rely on: segment 0 is heard of before the job resolves."""
+    steps = threading.Semaphore(0)
+
+    class OneAtATime(FakeRunner):
+        def __call__(self, audios, options):
+            assert steps.acquire(timeout=5), "the test never released this batch"
+            return super().__call__(audios, options)
+
+    engine = make(OneAtATime(), max_items=1, max_wait_s=0.0)
+
+    async def main():
+        heard: list[tuple[int, str]] = []
+        job = engine.submit([wave(5), wave(6), wave(7)], BEAM1, on_result=lambda i, r: heard.append((i, r.text)))
+        steps.release()
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        first, resolved_early = list(heard), job.future.done()
+        steps.release(2)
+        results = await job
+        return first, resolved_early, heard, [r.text for r in results]
+
+    first, resolved_early, heard, texts = run(main())
+    assert first == [(0, "5")] and not resolved_early
+    assert heard == [(0, "5"), (1, "6"), (2, "7")] and texts == ["5", "6", "7"]
+    engine.stop()
+
+
 def test_a_full_queue_refuses_instead_of_growing() -> None:
     gate = threading.Event()
     engine = make(FakeRunner(gate), queue_depth=2, max_items=1, max_wait_s=0.0)

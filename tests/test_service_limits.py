@@ -159,6 +159,26 @@ def test_a_client_that_disconnects_is_dropped_from_pending_work(strict, speech) 
     assert strict.metric("asr_cancelled_segments_total", AUTH) - before == 1
 
 
+def test_a_streaming_client_that_disconnects_is_dropped_from_pending_work(strict, speech) -> None:
+    """The same for ``stream=true`` on the OpenAI route, whose answer has begun before decoding ends."""
+    before = strict.metric("asr_cancelled_segments_total", AUTH)
+    wav = speech["hello"].wav
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + wav + f"\r\n--{boundary}--\r\n".encode()
+    u = urlparse(strict.url)
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall((f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        wait_until(lambda: strict.state.engine.depth == 1, timeout=10, interval=0.01)
+    started = time.monotonic()
+    wait_until(lambda: strict.state.engine.depth == 0, timeout=5, interval=0.01)
+    assert time.monotonic() - started < 1.0  # withdrawn, not decoded when its 1.5 s batching wait ran out
+    assert strict.metric("asr_cancelled_segments_total", AUTH) - before == 1
+
+
 def test_graceful_shutdown_finishes_in_flight_work(launch, speech) -> None:
     results: list[httpx.Response] = []
     with launch(max_wait_ms=800) as live:

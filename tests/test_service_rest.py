@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 
 import httpx
 import numpy as np
@@ -209,6 +210,42 @@ def test_openai_client_json_and_text_formats(openai_client, server, speech, tmp_
         assert (srt, vtt) == ("", "WEBVTT\n\n")
 
 
+def sse_events(response: httpx.Response) -> list[dict]:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert all(b.startswith("data: ") for b in blocks), blocks
+    return [json.loads(b[len("data: "):]) for b in blocks]
+
+
+def test_openai_stream_sends_a_delta_per_segment_then_done(openai_client, server, speech) -> None:
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    audio = np.concatenate([np.concatenate([gap, speech[k].audio]) for k in ("hello", "fox", "weather")] * 5)
+    wav = encode(audio, 16000, "WAV")
+    whole = upload(server, wav, "long.wav").json()
+    spoken = [s["text"] for s in whole["segments"] if s["text"]]
+    assert len(spoken) >= 10, spoken  # the random test model still says something per segment
+    r = post(server, files={"file": ("long.wav", wav)}, path="/v1/audio/transcriptions",
+             data={"stream": "true", "response_format": "text"})
+    assert r.status_code == 200
+    events = sse_events(r)
+    deltas = [e["delta"] for e in events[:-1]]
+    assert all(e["type"] == "transcript.text.delta" for e in events[:-1]) and len(deltas) == len(spoken)
+    assert [d.strip() for d in deltas] == spoken
+    assert events[-1] == {"type": "transcript.text.done", "text": whole["text"]} == {
+        "type": "transcript.text.done", "text": "".join(deltas)}
+    # The official client parses the same stream.
+    stream = openai_client.audio.transcriptions.create(model="whisper-1", file=("fox.wav", speech["fox"].wav),
+                                                       stream=True)
+    received = list(stream)
+    assert received[-1].type == "transcript.text.done"
+    assert received[-1].text == upload(server, speech["fox"].wav).json()["text"]
+    assert "".join(e.delta for e in received[:-1]) == received[-1].text
+    # Silence: no delta, an empty done.
+    r = post(server, files={"file": ("quiet.wav", encode(np.zeros(16000, np.float32), 16000, "WAV"))},
+             path="/v1/audio/transcriptions", data={"stream": "true"})
+    assert sse_events(r) == [{"type": "transcript.text.done", "text": ""}]
+
+
 def test_openai_ignored_parameters_are_reported(server, speech) -> None:
     r = post(server, files={"file": ("a.wav", speech["hello"].wav)}, path="/v1/audio/transcriptions",
              data={"model": "whisper-1", "prompt": "Some context.", "temperature": "0.4", "language": "fr"})
@@ -226,8 +263,10 @@ def test_openai_errors_use_openai_shape(openai_client, server, speech) -> None:
              data={"response_format": "docx"})
     assert r.status_code == 400 and "response_format" in r.json()["error"]["message"]
     r = post(server, files={"file": ("a.wav", speech["hello"].wav)}, path="/v1/audio/transcriptions",
-             data={"stream": "true"})
-    assert r.status_code == 400 and "WebSocket" in r.json()["error"]["message"]
+             data={"stream": "true", "response_format": "srt"})
+    assert r.status_code == 400 and "cannot be streamed" in r.json()["error"]["message"]
+    r = post(server, files={"file": ("a.wav", b"junk")}, path="/v1/audio/transcriptions", data={"stream": "true"})
+    assert r.status_code == 400 and "could not decode audio" in r.json()["error"]["message"]
     r = post(server, speech["hello"].wav, path="/v1/audio/transcriptions", headers={"content-type": "audio/wav"})
     assert r.status_code == 400
 

@@ -7,14 +7,16 @@ the ``X-Ignored-Parameters`` response header.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import ValidationError
 
-from ..errors import ApiError
+from ..errors import OPENAI_TYPES, ApiError
 from ..formats import to_srt, to_text, to_vtt
 from ..observability import request_id
 from ..schemas import (
@@ -29,13 +31,14 @@ from ..schemas import (
 )
 from ..security import require_api_key
 from ..state import ServiceState, require_ready, service_state
-from ..transcriber import Transcript
+from ..transcriber import SegmentText, Transcript
 from ..uploads import read_upload
 from .common import decode_options, disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 ENGLISH = {"en", "english", "en-us", "en-gb"}
+STREAMABLE = {"json", "text"}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": OpenAIUploadSchema.model_json_schema()}}}}
 
@@ -57,6 +60,28 @@ def _ignored(form: OpenAITranscriptionForm) -> list[str]:
     if form.language and form.language.lower() not in ENGLISH:
         ignored.append("language")
     return ignored
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def _events(segments: AsyncIterator[SegmentText]) -> AsyncIterator[bytes]:
+    """OpenAI's transcription events: a ``transcript.text.delta`` per decoded segment with text, then
+    ``transcript.text.done`` with the whole text; a failure after the answer has begun becomes an ``error`` event."""
+    text = ""
+    try:
+        async for segment in segments:
+            if segment.text:
+                delta = f" {segment.text}" if text else segment.text
+                text += delta
+                yield _sse({"type": "transcript.text.delta", "delta": delta})
+    except ApiError as e:
+        log.warning("streamed transcription failed: %s", e.message)
+        yield _sse({"type": "error", "error": {"message": e.message, "type": OPENAI_TYPES.get(e.status, "server_error"),
+                                               "param": None, "code": e.status}})
+        return
+    yield _sse({"type": "transcript.text.done", "text": text})
 
 
 def _render(form: OpenAITranscriptionForm, result: Transcript) -> Response:
@@ -88,15 +113,21 @@ async def transcriptions(request: Request, state: Annotated[ServiceState, Depend
     if not upload.audio:
         raise ApiError(400, "empty file")
     form = _parse_form(upload.fields)
-    if form.stream:
-        raise ApiError(400, "stream=true is not supported here; stream over the WebSocket API /transcribe/stream")
+    if form.stream and form.response_format not in STREAMABLE:
+        raise ApiError(400, f"stream=true sends text events; response_format {form.response_format!r} cannot be "
+                            f"streamed (use json or text, or stream=false)")
     options = decode_options(state.settings, form.beam_size, None)
     ignored = _ignored(form)
     if ignored:
         log.info("ignoring parameters this model cannot honour: %s", ", ".join(ignored))
-    result = await state.transcriber.transcribe(upload.audio, options, request_id=request_id.get(),
-                                                disconnected=lambda: disconnected(request))
-    response = _render(form, result)
+    if form.stream:
+        segments = await state.transcriber.stream(upload.audio, options, request_id=request_id.get())
+        response: Response = StreamingResponse(_events(segments), media_type="text/event-stream",
+                                               headers={"Cache-Control": "no-cache"})
+    else:
+        result = await state.transcriber.transcribe(upload.audio, options, request_id=request_id.get(),
+                                                    disconnected=lambda: disconnected(request))
+        response = _render(form, result)
     if ignored:
         response.headers["X-Ignored-Parameters"] = ", ".join(ignored)
     return response
