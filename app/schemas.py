@@ -14,11 +14,18 @@ class Alternative(BaseModel):
     score: float
 
 
+class Word(BaseModel):
+    word: str
+    start: float = Field(description="seconds from the start of the audio (from the CTC alignment)")
+    end: float
+
+
 class Segment(BaseModel):
     start: float = Field(description="seconds from the start of the audio")
     end: float
     text: str
     n_best: list[Alternative] | None = Field(None, description="present when n_best > 1 was asked for")
+    words: list[Word] | None = Field(None, description="present when word_timestamps=true was asked for")
 
 
 class Timings(BaseModel):
@@ -57,7 +64,7 @@ ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 class OpenAITranscriptionForm(BaseModel):
     """The multipart fields of ``POST /v1/audio/transcriptions`` besides ``file``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     model: str | None = Field(None, description="accepted for compatibility; the loaded model always answers")
     language: str | None = Field(None, description="accepted; the model is English-only")
@@ -65,6 +72,9 @@ class OpenAITranscriptionForm(BaseModel):
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="accepted and ignored: decoding is beam search")
     beam_size: int | None = Field(None, ge=1, description="extension: beam width (default from settings)")
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(
+        default_factory=lambda: ["segment"], alias="timestamp_granularities[]",
+        description="verbose_json only: 'word' adds word timings, 'segment' (the default) segment timings")
     stream: bool = Field(False, description="server-sent events: a transcript.text.delta per decoded segment, then "
                                             "transcript.text.done (response_format json or text only)")
 
@@ -98,6 +108,7 @@ class OpenAIVerboseTranscription(BaseModel):
     duration: float
     text: str
     segments: list[OpenAISegment]
+    words: list[Word] | None = None
 
 
 class OpenAIModel(BaseModel):
@@ -124,3 +135,4 @@ class StreamConfigMessage(BaseModel):
     sample_rate: int = Field(16000, ge=8000, le=192000, description="of the binary frames that follow")
     encoding: str = Field("pcm_s16le", description="pcm_s16le (16-bit little-endian) or f32le (32-bit float)")
     beam_size: int | None = Field(None, ge=1, description="beam width of finals (default ASR_DEFAULT_BEAM_SIZE)")
+    word_timestamps: bool = Field(False, description="finals carry 'words': [{word, start, end}]")

@@ -39,6 +39,7 @@ class StreamOptions:
     sample_rate: int = RATE
     encoding: str = "pcm_s16le"
     beam_size: int = 5
+    word_timestamps: bool = False  # finals carry their words with times
 
 
 @dataclass(frozen=True)
@@ -228,9 +229,13 @@ class StreamSession:
                 if item.kind == "partial":
                     continue
                 raise StreamError(1011, f"decoding segment {item.segment} failed")
-            text = item.job.future.result()[0].text
+            result = item.job.future.result()[0]
             if item.kind == "partial":
-                yield {"type": "partial", "segment": item.segment, "text": text, "start": round(item.start, 3)}
-            else:
-                yield {"type": "final", "segment": item.segment, "text": text, "start": round(item.start, 3),
-                       "end": round(item.end, 3)}
+                yield {"type": "partial", "segment": item.segment, "text": result.text, "start": round(item.start, 3)}
+                continue
+            final = {"type": "final", "segment": item.segment, "text": result.text, "start": round(item.start, 3),
+                     "end": round(item.end, 3)}
+            if self.options.word_timestamps:
+                final["words"] = [{"word": w.word, "start": round(item.start + w.start, 3),
+                                   "end": round(item.start + w.end, 3)} for w in result.words]
+            yield final

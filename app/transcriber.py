@@ -16,6 +16,7 @@ import numpy as np
 
 from model.audio import AudioError, decode_audio
 from model.decoding import DecodeOptions
+from model.alignment import WordTiming
 from model.recognizer import NBest, TranscriptionResult
 
 from .engine import BatchingEngine, EngineClosed, Job, OnResult, QueueFull
@@ -31,6 +32,7 @@ class SegmentText:
     text: str
     score: float
     n_best: tuple[NBest, ...]
+    words: tuple[WordTiming, ...] = ()  # times from the start of the upload
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ class TranscriptionService:
         return job, spans, duration, preprocess_ms
 
     def _segment(self, span: tuple[int, int], result: TranscriptionResult) -> SegmentText:
-        return SegmentText(round(span[0] / self.rate, 3), round(span[1] / self.rate, 3), result.text, result.score,
-                           result.n_best)
+        start = span[0] / self.rate
+        words = tuple(WordTiming(w.word, round(start + w.start, 3), round(start + w.end, 3)) for w in result.words)
+        return SegmentText(round(start, 3), round(span[1] / self.rate, 3), result.text, result.score, result.n_best,
+                           words)
 
     async def transcribe(self, data: bytes, options: DecodeOptions, *, request_id: str = "",
                          disconnected: Callable[[], Awaitable[object]] | None = None) -> Transcript:

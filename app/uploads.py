@@ -18,8 +18,9 @@ from .errors import ApiError
 @dataclass
 class Upload:
     audio: bytes
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # the last value of each field
     filename: str | None = None
+    lists: dict[str, list[str]] = field(default_factory=dict)  # every value, for repeated fields (``name[]``)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -66,5 +67,8 @@ async def read_upload(request: Request, limit: int) -> Upload:
         audio = await upload.read()
     finally:
         await form.close()
-    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-    return Upload(audio, fields, upload.filename)
+    lists: dict[str, list[str]] = {}
+    for k, v in form.multi_items():
+        if isinstance(v, str):
+            lists.setdefault(k, []).append(v)
+    return Upload(audio, {k: v[-1] for k, v in lists.items()}, upload.filename, lists)

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .alignment import FrameClock, WordTiming, align_words
 from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import DecodeOptions, beam_search
 from .features import FilterbankFeatures, GlobalCMVN
@@ -30,6 +31,7 @@ class TranscriptionResult:
     score: float
     n_best: tuple[NBest, ...]
     duration: float
+    words: tuple[WordTiming, ...] = ()  # the best hypothesis's words with times (needs a CTC head)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -74,6 +76,7 @@ class Recognizer:
         self.cmvn = GlobalCMVN(ckpt.features.n_mels).to(device)
         self.cmvn.set_stats(ckpt.cmvn_mean.to(device), ckpt.cmvn_std.to(device))
         self.name = ckpt.name
+        self.clock = FrameClock.for_features(ckpt.features)
 
     @classmethod
     def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto") -> "Recognizer":
@@ -113,8 +116,14 @@ class Recognizer:
         with self._autocast():
             nbest = beam_search(self.model, memory, lengths, opts, ctc)
         results = []
-        for wav, hyps in zip(waveforms, nbest):
+        for i, (wav, hyps) in enumerate(zip(waveforms, nbest)):
             entries = tuple(NBest(self.tokenizer.decode(h.tokens), h.score) for h in hyps)
             best = entries[0] if entries else NBest("", float("-inf"))
-            results.append(TranscriptionResult(best.text, best.score, entries, len(wav) / self.sample_rate))
+            duration = len(wav) / self.sample_rate
+            words = self._words(ctc[i, : int(lengths[i])], hyps[0].tokens, duration) if ctc is not None and hyps else ()
+            results.append(TranscriptionResult(best.text, best.score, entries, duration, words))
         return results
+
+    def _words(self, ctc: torch.Tensor, tokens: tuple[int, ...], duration: float) -> tuple[WordTiming, ...]:
+        cfg = self.model.cfg
+        return align_words(ctc, tokens, self.tokenizer, self.clock, cfg.pad_id, cfg.eos_id + 1, duration)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+WORD_START = "\u2581"  # sentencepiece's word-boundary mark
 SPECIALS = {"pad": (0, "<pad>"), "unk": (1, "<unk>"), "sos": (2, "<sos>"), "eos": (3, "<eos>")}
 
 
@@ -16,6 +17,7 @@ class Tokenizer:
         for name, (idx, piece) in SPECIALS.items():
             if self.sp.id_to_piece(idx) != piece:
                 raise ValueError(f"{self.path}: id {idx} is {self.sp.id_to_piece(idx)!r}, expected {piece!r} ({name})")
+        self._word_initial = {i for i in range(self.vocab_size) if self.sp.id_to_piece(i).startswith(WORD_START)}
 
     @property
     def vocab_size(self) -> int:
@@ -23,6 +25,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
+
+    def starts_word(self, token: int) -> bool:
+        """Whether the piece opens a new word (sentencepiece marks those with a leading ``▁``)."""
+        return token in self._word_initial
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
         # A bare word-boundary piece before a word-initial one decodes to two spaces; transcripts get one.

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchaudio.compliance import kaldi
 
+from model.alignment import FrameClock, align_words
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig, ModelConfig
 from model.decoding import DecodeOptions, beam_search, greedy_search
@@ -205,3 +206,28 @@ def test_tokenizer_decodes_a_bare_boundary_piece_to_one_space() -> None:
     text = tok.decode([word, boundary, word, 3])
     assert "  " not in text and text == text.strip()
     assert text.split() == [sp.id_to_piece(word)[1:]] * 2
+
+
+def test_word_alignment_puts_words_where_the_ctc_head_fires() -> None:
+    """Hand-made CTC posteriors: each token fires on known frames; words span their tokens' frames."""
+    tok = Tokenizer(Path(__file__).resolve().parents[1] / "weights" / "tokenizer.model")
+    ids = tok.encode("the weather is lovely")
+    clock = FrameClock.for_features(FeatureConfig())
+    assert clock.frame_s == pytest.approx(0.04)
+    frames = 60
+    logits = torch.full((frames, tok.vocab_size), -10.0)
+    logits[:, 0] = 0.0  # blank everywhere ...
+    fire = {}
+    for k, token in enumerate(ids):  # ... except where each token fires: frames 5k+3 and 5k+4
+        fire[k] = (5 * k + 3, 5 * k + 4)
+        logits[5 * k + 3 : 5 * k + 5, token] = 10.0
+    words = align_words(logits.log_softmax(-1), ids + [3], tok, clock, blank=0, first_text_id=4, duration=10.0)
+    assert [w.word for w in words] == ["the", "weather", "is", "lovely"]
+    starts = [k for k, t in enumerate(ids) if tok.starts_word(t)]
+    ends = [s - 1 for s in starts[1:]] + [len(ids) - 1]
+    for w, first, last in zip(words, starts, ends):
+        assert w.start == pytest.approx(clock.at(fire[first][0]), abs=1e-3)
+        assert w.end == pytest.approx(clock.at(fire[last][1] + 1), abs=1e-3)
+    # Too few frames for the tokens, or nothing to align: no times rather than made-up ones.
+    assert align_words(logits[:3].log_softmax(-1), ids, tok, clock, 0, 4, 10.0) == ()
+    assert align_words(logits.log_softmax(-1), [3], tok, clock, 0, 4, 10.0) == ()

@@ -85,6 +85,24 @@ def test_options_in_query_or_form(server, speech) -> None:
     assert r.status_code == 200 and "n_best" not in r.json()["segments"][0]
 
 
+def test_word_timestamps_on_request(server, speech) -> None:
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    audio = np.concatenate([np.concatenate([gap, speech[k].audio]) for k in ("hello", "fox", "weather")] * 3)
+    wav = encode(audio, 16000, "WAV")
+    plain = upload(server, wav).json()
+    assert all("words" not in s for s in plain["segments"])
+    for kwargs in ({"params": {"word_timestamps": "true"}}, {"data": {"word_timestamps": "1"}}):
+        timed = upload(server, wav, **kwargs).json()
+        assert [s["text"] for s in timed["segments"]] == [s["text"] for s in plain["segments"]]
+        with_words = [s for s in timed["segments"] if s["words"]]
+        assert len(with_words) >= len(timed["segments"]) // 2  # even the random test model says aligned things
+        for seg in with_words:
+            assert " ".join(w["word"] for w in seg["words"]) == seg["text"]
+            assert all(seg["start"] <= w["start"] <= w["end"] <= seg["end"] for w in seg["words"])
+    r = upload(server, wav, data={"word_timestamps": "maybe"})
+    assert r.status_code == 422 and "word_timestamps" in r.json()["detail"]
+
+
 def test_long_audio_is_split_at_pauses_and_batched(server, speech) -> None:
     gap = np.zeros(int(1.5 * 16000), np.float32)
     parts = [speech[k].audio for k in ("hello", "fox", "weather")] * 5
@@ -244,6 +262,25 @@ def test_openai_stream_sends_a_delta_per_segment_then_done(openai_client, server
     r = post(server, files={"file": ("quiet.wav", encode(np.zeros(16000, np.float32), 16000, "WAV"))},
              path="/v1/audio/transcriptions", data={"stream": "true"})
     assert sse_events(r) == [{"type": "transcript.text.done", "text": ""}]
+
+
+def test_openai_word_timestamps(openai_client, server, speech) -> None:
+    native = upload(server, speech["fox"].wav, params={"word_timestamps": "true"}).json()
+    verbose = openai_client.audio.transcriptions.create(model="whisper-1", file=("fox.wav", speech["fox"].wav),
+                                                        response_format="verbose_json",
+                                                        timestamp_granularities=["word", "segment"])
+    assert [(w.word, w.start, w.end) for w in verbose.words] == [
+        (w["word"], w["start"], w["end"]) for s in native["segments"] for w in s["words"]]
+    assert len(verbose.segments) == len(native["segments"])
+    plain = post(server, files={"file": ("a.wav", speech["fox"].wav)}, path="/v1/audio/transcriptions",
+                 data={"response_format": "verbose_json"}).json()
+    assert "words" not in plain and plain["segments"]
+    r = post(server, files={"file": ("a.wav", speech["fox"].wav)}, path="/v1/audio/transcriptions",
+             data={"timestamp_granularities[]": "word"})
+    assert r.status_code == 200 and r.headers["x-ignored-parameters"] == "timestamp_granularities"
+    r = post(server, files={"file": ("a.wav", speech["fox"].wav)}, path="/v1/audio/transcriptions",
+             data={"timestamp_granularities[]": "phoneme", "response_format": "verbose_json"})
+    assert r.status_code == 400 and "timestamp_granularities" in r.json()["error"]["message"]
 
 
 def test_openai_ignored_parameters_are_reported(server, speech) -> None:

@@ -63,6 +63,25 @@ def test_stream_at_other_rates_and_float_encoding(server, speech) -> None:
     assert len(finals) == 1 and finals[0]["end"] == pytest.approx(len(audio) / 44100, abs=0.1)
 
 
+def test_finals_carry_word_timings_when_asked(server, speech) -> None:
+    audio = conversation(speech)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
+    frames = [pcm[i: i + 3200] for i in range(0, len(pcm), 3200)]
+    eof = json.dumps({"type": "eof"})
+    config = json.dumps({"type": "config", "word_timestamps": True})
+    timed, code, _ = run(session(server.url, [config, *frames, eof]))
+    plain, _, _ = run(session(server.url, [*frames, eof]))
+    finals = [m for m in timed if m["type"] == "final"]
+    assert code == 1000 and len(finals) == 2
+    assert [f["text"] for f in finals] == [m["text"] for m in plain if m["type"] == "final"]
+    assert all("words" not in m for m in plain)
+    assert any(f["words"] for f in finals)
+    for f in finals:
+        if f["words"]:
+            assert " ".join(w["word"] for w in f["words"]) == f["text"]
+        assert all(f["start"] <= w["start"] <= w["end"] <= f["end"] for w in f["words"])
+
+
 def test_final_arrives_soon_after_the_end_of_speech(server, speech) -> None:
     """Paced like a microphone: the final must not wait for eof, only for the endpoint silence."""
     clip = speech["hello"].audio

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.audio import decode_audio
@@ -55,3 +56,31 @@ def test_cli_transcribe_prints_one_line_per_file() -> None:
         check=True, capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert out.stdout.splitlines() == [text for _, text in items]
+
+
+def speech_edges(wave: np.ndarray, rate: int) -> tuple[float, float]:
+    """First and last 10 ms frame whose peak is within 34 dB of the clip's loudest (these clips are clean TTS)."""
+    hop = rate // 100
+    peaks = np.abs(wave[: len(wave) // hop * hop]).reshape(-1, hop).max(1)
+    loud = np.flatnonzero(peaks > 0.02 * peaks.max())
+    return loud[0] / 100, (loud[-1] + 1) / 100
+
+
+def test_word_timings_follow_the_audio(recognizer: Recognizer) -> None:
+    """Words come from aligning the decoded tokens with the CTC head: they spell the transcript, the first starts
+    where the speech starts, none outlasts it, and a second of leading silence moves every word by a second."""
+    items = clips()
+    rate = recognizer.sample_rate
+    waves = [decode_audio(path.read_bytes(), rate)[0] for path, _ in items]
+    lead = np.zeros(rate, np.float32)
+    plain = recognizer.transcribe(waves, DecodeOptions(beam_size=5))
+    shifted = recognizer.transcribe([np.concatenate([lead, w, lead[: rate // 2]]) for w in waves],
+                                    DecodeOptions(beam_size=5))
+    for wave, (_, text), a, b in zip(waves, items, plain, shifted):
+        onset, offset = speech_edges(wave, rate)
+        assert " ".join(w.word for w in a.words) == text == " ".join(w.word for w in b.words)
+        assert all(w.start <= w.end for w in a.words)
+        assert all(x.start <= y.start for x, y in zip(a.words, a.words[1:]))
+        assert abs(a.words[0].start - onset) <= 0.1, (a.words[0], onset)
+        assert a.words[-1].end <= offset + 0.1, (a.words[-1], offset)
+        assert all(abs(y.start - x.start - 1.0) <= 0.081 for x, y in zip(a.words, b.words)), (a.words, b.words)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 from fastapi import Request
 
@@ -11,6 +12,7 @@ from model.decoding import DecodeOptions
 from ..config import Settings
 from ..errors import ApiError
 
+T = TypeVar("T")
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -25,7 +27,21 @@ def form_int(fields: dict[str, str], name: str) -> int | None:
         raise ApiError(422, f"{name}: must be an integer, got {raw!r}") from None
 
 
-def first_given(*values: int | None) -> int | None:
+TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def form_bool(fields: dict[str, str], name: str) -> bool | None:
+    """A boolean multipart field, or None when absent; 422 when it is not a boolean."""
+    raw = fields.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value not in TRUE | FALSE:
+        raise ApiError(422, f"{name}: must be true or false, got {raw!r}")
+    return value in TRUE
+
+
+def first_given(*values: T | None) -> T | None:
     """The first value that is not None (a form field wins over the query string)."""
     return next((v for v in values if v is not None), None)
 

@@ -28,11 +28,12 @@ from ..schemas import (
     OpenAITranscriptionForm,
     OpenAIUploadSchema,
     OpenAIVerboseTranscription,
+    Word,
 )
 from ..security import require_api_key
 from ..state import ServiceState, require_ready, service_state
 from ..transcriber import SegmentText, Transcript
-from ..uploads import read_upload
+from ..uploads import Upload, read_upload
 from .common import decode_options, disconnected
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,16 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": OpenAIUploadSchema.model_json_schema()}}}}
 
 
-def _parse_form(fields: dict[str, str]) -> OpenAITranscriptionForm:
+GRANULARITIES = ("timestamp_granularities[]", "timestamp_granularities")
+
+
+def _parse_form(upload: Upload) -> OpenAITranscriptionForm:
+    values: dict[str, object] = {k: v for k, v in upload.fields.items() if v != ""}
+    for name in GRANULARITIES:  # a repeated field: every value counts
+        if name in upload.lists:
+            values[name] = [v for v in upload.lists[name] if v != ""]
     try:
-        return OpenAITranscriptionForm.model_validate({k: v for k, v in fields.items() if v != ""})
+        return OpenAITranscriptionForm.model_validate(values)
     except ValidationError as e:
         msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ApiError(400, msg) from e
@@ -59,6 +67,8 @@ def _ignored(form: OpenAITranscriptionForm) -> list[str]:
         ignored.append("temperature")
     if form.language and form.language.lower() not in ENGLISH:
         ignored.append("language")
+    if "word" in form.timestamp_granularities and form.response_format != "verbose_json":
+        ignored.append("timestamp_granularities")  # as OpenAI: timings need verbose_json
     return ignored
 
 
@@ -94,8 +104,11 @@ def _render(form: OpenAITranscriptionForm, result: Transcript) -> Response:
     if form.response_format == "verbose_json":
         segments = [OpenAISegment(id=i, seek=0, start=s.start, end=s.end, text=s.text, avg_logprob=s.score)
                     for i, s in enumerate(result.segments)]
-        body = OpenAIVerboseTranscription(duration=round(result.duration, 3), text=result.text, segments=segments)
-        return JSONResponse(body.model_dump())
+        words = ([Word(word=w.word, start=w.start, end=w.end) for s in result.segments for w in s.words]
+                 if "word" in form.timestamp_granularities else None)
+        body = OpenAIVerboseTranscription(duration=round(result.duration, 3), text=result.text, segments=segments,
+                                          words=words)
+        return JSONResponse(body.model_dump(exclude_none=True))
     return JSONResponse(OpenAITranscription(text=result.text).model_dump())
 
 
@@ -112,7 +125,7 @@ async def transcriptions(request: Request, state: Annotated[ServiceState, Depend
     upload = await read_upload(request, state.settings.max_upload_bytes)
     if not upload.audio:
         raise ApiError(400, "empty file")
-    form = _parse_form(upload.fields)
+    form = _parse_form(upload)
     if form.stream and form.response_format not in STREAMABLE:
         raise ApiError(400, f"stream=true sends text events; response_format {form.response_format!r} cannot be "
                             f"streamed (use json or text, or stream=false)")

@@ -59,7 +59,8 @@ def parse_control(text: str, state: ServiceState) -> StreamOptions | None:
     beam = cfg.beam_size or state.settings.default_beam_size
     if beam > state.settings.max_beam_size:
         raise StreamError(1007, f"invalid config: beam_size must be at most {state.settings.max_beam_size}")
-    return StreamOptions(sample_rate=cfg.sample_rate, encoding=cfg.encoding, beam_size=beam)
+    return StreamOptions(sample_rate=cfg.sample_rate, encoding=cfg.encoding, beam_size=beam,
+                         word_timestamps=cfg.word_timestamps)
 
 
 async def _pump(ws: WebSocket, session: StreamSession) -> None:

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from ..errors import ApiError
 from ..observability import request_id
-from ..schemas import Alternative, ErrorResponse, Segment, Timings, TranscriptionResponse
+from ..schemas import Alternative, ErrorResponse, Segment, Timings, TranscriptionResponse, Word
 from ..security import require_api_key
 from ..state import ServiceState, require_ready
 from ..uploads import read_upload
-from .common import BINARY, decode_options, disconnected, first_given, form_int
+from .common import BINARY, decode_options, disconnected, first_given, form_bool, form_int
 
 router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)])
 
@@ -25,7 +25,8 @@ UPLOAD_BODY = {
                 "type": "object", "required": ["file"],
                 "properties": {"file": {"type": "string", "format": "binary"},
                                "beam_size": {"type": "integer", "minimum": 1},
-                               "n_best": {"type": "integer", "minimum": 1}}}},
+                               "n_best": {"type": "integer", "minimum": 1},
+                               "word_timestamps": {"type": "boolean"}}}},
             "audio/*": BINARY,
             "application/octet-stream": BINARY,
         },
@@ -41,6 +42,7 @@ async def transcribe(
     state: Annotated[ServiceState, Depends(require_ready)],
     beam_size: Annotated[int | None, Query(ge=1, description="beam width (default ASR_DEFAULT_BEAM_SIZE)")] = None,
     n_best: Annotated[int | None, Query(ge=1, description="alternatives per segment, at most beam_size")] = None,
+    word_timestamps: Annotated[bool | None, Query(description="add each segment's words with their times")] = None,
 ) -> TranscriptionResponse:
     state.transcriber.check_capacity()
     upload = await read_upload(request, state.settings.max_upload_bytes)
@@ -48,11 +50,13 @@ async def transcribe(
         raise ApiError(400, "empty file")
     options = decode_options(state.settings, first_given(form_int(upload.fields, "beam_size"), beam_size),
                              first_given(form_int(upload.fields, "n_best"), n_best))
+    with_words = first_given(form_bool(upload.fields, "word_timestamps"), word_timestamps) or False
     result = await state.transcriber.transcribe(upload.audio, options, request_id=request_id.get(),
                                                 disconnected=lambda: disconnected(request))
     segments = [
         Segment(start=s.start, end=s.end, text=s.text,
-                n_best=[Alternative(text=a.text, score=a.score) for a in s.n_best] if options.n_best > 1 else None)
+                n_best=[Alternative(text=a.text, score=a.score) for a in s.n_best] if options.n_best > 1 else None,
+                words=[Word(word=w.word, start=w.start, end=w.end) for w in s.words] if with_words else None)
         for s in result.segments
     ]
     return TranscriptionResponse(

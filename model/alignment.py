@@ -1,0 +1,79 @@
+"""Word timings from the CTC head: the decoded tokens are force-aligned to the encoder frames.
+
+The attention decoder says *what* was said but not *when*; the CTC head's frame posteriors do. Viterbi
+alignment of the chosen hypothesis (torchaudio's ``forced_align``) puts every token on a run of frames, and a
+word spans its tokens' runs. CTC posteriors are peaky, so a word's start is the reliable edge (within a frame
+or two, 40-80 ms); its end marks its last token's spike and may fall short of the spoken end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torchaudio.functional as taf
+
+from .config import FeatureConfig
+from .tokenizer import Tokenizer
+
+SUBSAMPLING = 4  # two stride-2 convolutions in the front-end
+RECEPTIVE_FBANK_FRAMES = 7  # filterbank frames under one encoder frame (two 3-wide kernels at stride 2)
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start: float  # seconds from the start of the waveform
+    end: float
+
+
+@dataclass(frozen=True)
+class FrameClock:
+    """Seconds at the edges of encoder frames: frame ``i`` is centred on its receptive field."""
+
+    frame_s: float
+    offset_s: float
+
+    @classmethod
+    def for_features(cls, cfg: FeatureConfig) -> FrameClock:
+        hop_s, win_s = cfg.hop_length / cfg.sample_rate, cfg.win_length / cfg.sample_rate
+        frame_s = SUBSAMPLING * hop_s
+        centre = ((RECEPTIVE_FBANK_FRAMES - 1) * hop_s + win_s) / 2
+        return cls(frame_s, centre - frame_s / 2)
+
+    def at(self, frame: int) -> float:
+        return max(0.0, self.offset_s + frame * self.frame_s)
+
+
+def align_words(ctc_logprobs: torch.Tensor, tokens: Sequence[int], tokenizer: Tokenizer, clock: FrameClock,
+                blank: int, first_text_id: int, duration: float) -> tuple[WordTiming, ...]:
+    """Words of ``tokens`` with their times, given ``(T, V)`` CTC log-probabilities of one utterance.
+
+    Returns ``()`` when there is nothing to align or the frames cannot hold the tokens (CTC needs a frame per
+    token plus one between repeats), rather than inventing times."""
+    ids = [t for t in tokens if t >= first_text_id]
+    if not ids:
+        return ()
+    target = torch.tensor([ids], dtype=torch.int32, device=ctc_logprobs.device)
+    try:
+        path, scores = taf.forced_align(ctc_logprobs[None].float(), target, blank=blank)
+    except RuntimeError:  # fewer frames than the hypothesis needs
+        return ()
+    spans = taf.merge_tokens(path[0].cpu(), scores[0].exp().cpu(), blank=blank)
+    if len(spans) != len(ids):
+        return ()
+    words: list[tuple[list[int], int, int]] = []  # (token ids, first frame, end frame)
+    for token, span in zip(ids, spans):
+        if not words or tokenizer.starts_word(token):
+            words.append(([token], span.start, span.end))
+        else:
+            words[-1][0].append(token)
+            words[-1] = (words[-1][0], words[-1][1], span.end)
+    timed = []
+    for pieces, first, end in words:
+        text = tokenizer.decode(pieces)
+        if text:
+            timed.append(WordTiming(text, round(min(clock.at(first), duration), 3),
+                                    round(min(clock.at(end), duration), 3)))
+    return tuple(timed)
