@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     ctc_mode: Literal["prefix", "rescore"] = Field(DecodeOptions.ctc_mode,
                                                    description="CTC prefix scores in every beam step, or only "
                                                                "re-ranking the finished n-best (cheaper)")
+    lm_weight: float = Field(DecodeOptions.lm_weight, ge=0, le=1,
+                             description="weight of the word language model (lm.arpa.gz beside the weights) when "
+                                         "re-ranking the beam; 0 turns it off")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
 
     # WebSocket streaming
@@ -65,7 +68,7 @@ class Settings(BaseSettings):
     def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
         return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
-                             ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode)
+                             ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode, lm_weight=self.lm_weight)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -36,6 +36,9 @@ class DecodeOptions:
     # finished n-best (cheaper, weaker).
     ctc_mode: str = "prefix"
     ctc_prebeam: int = 0  # prefix mode: the decoder's top tokens per beam that CTC scores (0 = 1.5 x beam_size)
+    # weight of a word language model's log-probability when the recognizer re-ranks the finished beam (used only
+    # when the checkpoint has one: model/lm.py)
+    lm_weight: float = 0.02
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,8 @@ class DecodeOptions:
             raise ValueError("n_best must be between 1 and beam_size")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError("ctc_weight must be in [0, 1]")
+        if not 0.0 <= self.lm_weight <= 1.0:
+            raise ValueError("lm_weight must be in [0, 1]")
         if self.ctc_mode not in ("prefix", "rescore"):
             raise ValueError("ctc_mode must be 'prefix' or 'rescore'")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -12,10 +12,12 @@ import torch
 
 from .alignment import FrameClock, WordTiming, align_words
 from .checkpoint import Checkpoint, load_checkpoint
-from .decoding import DecodeOptions, beam_search
+from .decoding import DecodeOptions, Hypothesis, beam_search
 from .features import FilterbankFeatures, GlobalCMVN
+from .lm import NgramLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LM_FILES = ("lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
 MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
 
 
@@ -67,8 +69,9 @@ class Recognizer:
     # audio is split at pauses by the caller (the service's VAD).
     max_segment_seconds: float = 20.0
 
-    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, lm: NgramLM | None = None) -> None:
         self.ckpt = ckpt
+        self.lm = lm
         self.device, self.dtype = device, dtype
         self.model = ckpt.model.to(device).eval()
         self.tokenizer = ckpt.tokenizer
@@ -79,9 +82,13 @@ class Recognizer:
         self.clock = FrameClock.for_features(ckpt.features)
 
     @classmethod
-    def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto") -> "Recognizer":
+    def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto",
+             lm: str | Path | None = "auto") -> "Recognizer":
+        """``lm``: an ARPA file, ``"auto"`` for the one beside the checkpoint if there is one, None for none."""
         dev = pick_device(device)
-        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev))
+        if lm == "auto":
+            lm = next((Path(weights) / f for f in LM_FILES if (Path(weights) / f).is_file()), None)
+        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
 
     @property
     def sample_rate(self) -> int:
@@ -112,17 +119,27 @@ class Recognizer:
         if not waveforms:
             return []
         opts = options or DecodeOptions()
+        rerank = self.lm is not None and opts.lm_weight > 0 and opts.beam_size > 1
         memory, lengths, ctc = self.encode(waveforms)
         with self._autocast():
-            nbest = beam_search(self.model, memory, lengths, opts, ctc)
+            nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc)
         results = []
         for i, (wav, hyps) in enumerate(zip(waveforms, nbest)):
-            entries = tuple(NBest(self.tokenizer.decode(h.tokens), h.score) for h in hyps)
+            scored = [(self.tokenizer.decode(h.tokens), h.score, h) for h in hyps]
+            if rerank:
+                scored = self._rerank(scored, opts.lm_weight)[: opts.n_best]
+            hyps = [h for _, _, h in scored]
+            entries = tuple(NBest(text, score) for text, score, _ in scored)
             best = entries[0] if entries else NBest("", float("-inf"))
             duration = len(wav) / self.sample_rate
             words = self._words(ctc[i, : int(lengths[i])], hyps[0].tokens, duration) if ctc is not None and hyps else ()
             results.append(TranscriptionResult(best.text, best.score, entries, duration, words))
         return results
+
+    def _rerank(self, scored: list[tuple[str, float, Hypothesis]], weight: float) -> list[tuple[str, float, Hypothesis]]:
+        """Add the word model's log-probability to each finished hypothesis's score; best first."""
+        rescored = [(text, score + weight * self.lm.score(text), h) for text, score, h in scored]
+        return sorted(rescored, key=lambda item: item[1], reverse=True)
 
     def _words(self, ctc: torch.Tensor, tokens: tuple[int, ...], duration: float) -> tuple[WordTiming, ...]:
         cfg = self.model.cfg

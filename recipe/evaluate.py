@@ -69,14 +69,18 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight)
     p.add_argument("--ctc-mode", choices=["prefix", "rescore"], default=DecodeOptions.ctc_mode)
+    p.add_argument("--lm-weight", type=float, default=DecodeOptions.lm_weight,
+                   help="word LM weight when re-ranking the beam (0 = none)")
+    p.add_argument("--lm", default="auto", help="ARPA word LM: 'auto' (the one beside the weights, if any), a path, "
+                                                "or 'none'")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report", default=None, help="write the JSON report here")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    rec = Recognizer.load(a.weights, device="cpu")
-    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode)
+    rec = Recognizer.load(a.weights, device="cpu", lm=None if a.lm == "none" else a.lm)
+    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode, lm_weight=a.lm_weight)
     reports = []
     for m in a.manifest:
         r = evaluate(rec, m, opts, a.batch_size)
@@ -84,7 +88,8 @@ def main() -> None:
         print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
-    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "ctc_mode": a.ctc_mode, "reports": reports}
+    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "ctc_mode": a.ctc_mode,
+               "lm_weight": a.lm_weight if rec.lm else None, "reports": reports}
     if a.report:
         Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}))

@@ -1,0 +1,137 @@
+"""Estimate a word n-gram language model (interpolated Kneser-Ney) from transcript text and write it as ARPA.
+
+    python -m recipe.lm --text data/text/train.txt --order 3 --out weights/lm.arpa.gz
+
+The recognizer re-ranks its beam's finished hypotheses with it (``model/lm.py``): the attention decoder has
+only seen the sentences that were synthesised, and most of its errors are misspelt words that a word model
+marks as unlikely. KenLM's ``lmplz`` would estimate the same model, but it is a C++ binary that pip cannot
+install, so this small estimator writes the standard ARPA format instead; an ARPA file from KenLM (or any other
+toolkit) works in its place.
+
+Kneser-Ney in brief: the highest order counts n-grams; lower orders count how many distinct words precede an
+n-gram (its *continuation* count), except for n-grams that start with ``<s>``, which nothing can precede and
+which keep their plain counts. Each order subtracts an absolute discount ``D = n1 / (n1 + 2 n2)`` from every count
+and gives the freed mass to the next lower order; the unigrams interpolate with a uniform distribution over the
+vocabulary plus ``<unk>``, so an unseen word has a small, finite probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+NEVER = -99.0  # ARPA's log10 probability for <s>, which is never predicted
+
+Ngram = tuple[str, ...]
+
+
+def _discount(counts: Counter[Ngram]) -> float:
+    n1 = sum(1 for c in counts.values() if c == 1)
+    n2 = sum(1 for c in counts.values() if c == 2)
+    return n1 / (n1 + 2 * n2) if n1 and n2 else 0.75
+
+
+def adjusted_counts(sentences: Iterable[list[str]], order: int) -> list[Counter[Ngram]]:
+    """``counts[n]``: plain counts for the highest order and for n-grams starting with ``<s>``, continuation
+    counts for the rest."""
+    raw: Counter[Ngram] = Counter()
+    for words in sentences:
+        padded = [BOS, *words, EOS]
+        for end in range(1, len(padded)):
+            raw[tuple(padded[max(0, end - order + 1) : end + 1])] += 1
+    counts = [Counter() for _ in range(order + 1)]
+    for gram, c in raw.items():
+        counts[len(gram)][gram] += c  # the highest order, and the shorter n-grams at sentence starts
+    for n in range(order, 1, -1):  # each distinct left extension adds one continuation to its suffix
+        for gram in counts[n]:
+            suffix = gram[1:]
+            if suffix[0] != BOS:
+                counts[n - 1][suffix] += 1
+    return counts
+
+
+def estimate(sentences: Iterable[list[str]], order: int = 3) -> list[dict[Ngram, tuple[float, float | None]]]:
+    """``table[n][ngram] = (log10 p(last word | the rest), log10 backoff weight or None)`` for n = 1..order."""
+    if order < 1:
+        raise ValueError("order must be >= 1")
+    counts = adjusted_counts(sentences, order)
+    if not counts[1]:
+        raise ValueError("no text to estimate from")
+    vocab = {g[0] for g in counts[1]} | {EOS, UNK}
+    # Per order: the discount, each context's total and its number of distinct followers.
+    discounts = [0.0] + [_discount(counts[n]) for n in range(1, order + 1)]
+    totals: list[dict[Ngram, int]] = [defaultdict(int) for _ in range(order + 1)]
+    types: list[dict[Ngram, int]] = [defaultdict(int) for _ in range(order + 1)]
+    for n in range(1, order + 1):
+        for gram, c in counts[n].items():
+            totals[n][gram[:-1]] += c
+            types[n][gram[:-1]] += 1
+
+    def gamma(n: int, context: Ngram) -> float:
+        """The mass order ``n`` leaves to order ``n - 1`` after ``context``."""
+        return discounts[n] * types[n][context] / totals[n][context]
+
+    probs: list[dict[Ngram, float]] = [{} for _ in range(order + 1)]
+    uniform = 1.0 / len(vocab)
+    for gram, c in counts[1].items():
+        probs[1][gram] = max(c - discounts[1], 0.0) / totals[1][()] + gamma(1, ()) * uniform
+    probs[1][(UNK,)] = gamma(1, ()) * uniform
+    for n in range(2, order + 1):
+        for gram, c in counts[n].items():
+            lower = probs[n - 1][gram[1:]]  # every suffix of a counted n-gram is itself counted
+            probs[n][gram] = max(c - discounts[n], 0.0) / totals[n][gram[:-1]] + gamma(n, gram[:-1]) * lower
+    table: list[dict[Ngram, tuple[float, float | None]]] = [{} for _ in range(order + 1)]
+    for n in range(1, order + 1):
+        for gram, p in probs[n].items():
+            backoff = math.log10(gamma(n + 1, gram)) if n < order and totals[n + 1].get(gram) else None
+            table[n][gram] = (math.log10(p), backoff)
+    bos_backoff = math.log10(gamma(2, (BOS,))) if order > 1 and totals[2].get((BOS,)) else None
+    table[1][(BOS,)] = (NEVER, bos_backoff)
+    return table
+
+
+def write_arpa(table: list[dict[Ngram, tuple[float, float | None]]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        # mtime 0: the same text always gives the same bytes
+        binary = gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) if path.suffix == ".gz" else out
+        with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as f:
+            f.write("\\data\\\n")
+            for n in range(1, len(table)):
+                f.write(f"ngram {n}={len(table[n])}\n")
+            for n in range(1, len(table)):
+                f.write(f"\n\\{n}-grams:\n")
+                for gram in sorted(table[n]):
+                    logp, backoff = table[n][gram]
+                    f.write(f"{logp:.6f}\t{' '.join(gram)}" + (f"\t{backoff:.6f}\n" if backoff is not None else "\n"))
+            f.write("\n\\end\\\n")
+    return path
+
+
+def read_sentences(path: str | Path) -> list[list[str]]:
+    return [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--text", type=Path, required=True, action="append",
+                    help="normalised transcripts, one sentence per line (repeatable)")
+    ap.add_argument("--order", type=int, default=3)
+    ap.add_argument("--out", type=Path, required=True, help="ARPA file to write (.gz to compress)")
+    a = ap.parse_args()
+    sentences = [s for path in a.text for s in read_sentences(path)]
+    table = estimate(sentences, a.order)
+    out = write_arpa(table, a.out)
+    sizes = ", ".join(f"{len(table[n])} {n}-grams" for n in range(1, len(table)))
+    print(f"{len(sentences)} sentences -> {out} ({sizes}, {out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

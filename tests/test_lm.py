@@ -1,0 +1,79 @@
+"""The word language model: Kneser-Ney estimation, ARPA round trip, backoff scoring, and re-ranking the beam."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.decoding import DecodeOptions
+from model.lm import ArpaError, NgramLM
+from model.recognizer import Recognizer
+from model.testing import make_random_checkpoint
+from recipe.lm import estimate, write_arpa
+
+TEXT = """the cat sat on the mat
+the dog sat on the log
+a cat and a dog
+the cat saw the dog on the mat
+dogs and cats sat
+the mat is on the floor
+""".splitlines()
+
+
+@pytest.fixture(scope="module", params=["lm.arpa", "lm.arpa.gz"])
+def lm(request, tmp_path_factory) -> NgramLM:
+    path = write_arpa(estimate([s.split() for s in TEXT], order=3), tmp_path_factory.mktemp("lm") / request.param)
+    return NgramLM.load(path)
+
+
+def test_each_conditional_distribution_sums_to_one(lm: NgramLM) -> None:
+    vocab = sorted({w for s in TEXT for w in s.split()} | {"</s>", "<unk>"})
+    for context in (["<s>"], ["<s>", "the"], ["the", "cat"], ["on", "the"], ["mat", "is"], ["zebra", "xylophone"], []):
+        total = sum(math.exp(lm.log_prob(w, context)) for w in vocab)
+        assert total == pytest.approx(1.0, abs=1e-4), context
+
+
+def test_seen_word_orders_beat_scrambled_and_misspelt_ones(lm: NgramLM) -> None:
+    assert lm.order == 3
+    assert lm.score("the cat sat on the mat") > lm.score("mat the on sat cat the")
+    assert lm.score("the dog sat on the log") > lm.score("the dgo sat on the log")
+    unseen = lm.score("zebra")
+    assert math.isfinite(unseen) and unseen < lm.score("cat")
+    assert lm.log_prob("sat", ["the", "cat"]) > lm.log_prob("sat", ["the", "floor"])  # a seen trigram vs backoff
+
+
+def test_the_arpa_file_is_reproducible(tmp_path: Path) -> None:
+    table = estimate([s.split() for s in TEXT], order=2)
+    a, b = write_arpa(table, tmp_path / "a.arpa.gz"), write_arpa(table, tmp_path / "b.arpa.gz")
+    assert a.read_bytes() == b.read_bytes()
+    assert NgramLM.load(a).score("the cat") == NgramLM.load(write_arpa(table, tmp_path / "c.arpa")).score("the cat")
+
+
+def test_unreadable_arpa_files_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.arpa"
+    junk.write_text("this is not a language model\n")
+    with pytest.raises(ArpaError):
+        NgramLM.load(junk)
+    no_unk = tmp_path / "no_unk.arpa"
+    no_unk.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\tword\n\n\\end\\\n")
+    with pytest.raises(ArpaError, match="<unk>"):
+        NgramLM.load(no_unk)
+
+
+def test_the_lm_reranks_the_finished_beam(tmp_path: Path) -> None:
+    """A random model's 5-best; an LM that knows only a lower hypothesis's words makes it the best one."""
+    weights = make_random_checkpoint(tmp_path / "m")
+    rec = Recognizer.load(weights, device="cpu")
+    assert rec.lm is None  # no lm.arpa beside these weights
+    wave = (0.1 * np.random.default_rng(3).standard_normal(24000)).astype(np.float32)
+    five = rec.transcribe([wave], DecodeOptions(beam_size=5, n_best=5))[0].n_best
+    target = next(h.text for h in reversed(five) if h.text != five[0].text)
+    write_arpa(estimate([target.split()] * 3, order=3), weights / "lm.arpa")
+    with_lm = Recognizer.load(weights, device="cpu")
+    assert with_lm.lm is not None
+    assert with_lm.transcribe([wave], DecodeOptions(beam_size=5, lm_weight=1.0))[0].text == target
+    assert with_lm.transcribe([wave], DecodeOptions(beam_size=5, lm_weight=0.0))[0].text == five[0].text
+    assert Recognizer.load(weights, device="cpu", lm=None).lm is None
