@@ -1,6 +1,7 @@
 """Estimate a word n-gram language model (interpolated Kneser-Ney) from transcript text and write it as ARPA.
 
     python -m recipe.lm --text data/text/train.txt --order 3 --out weights/lm.arpa.gz
+    python -m recipe.lm --manifest train-clean-100.jsonl --out runs/ls/final/lm.arpa.gz   # a corpus's transcripts
 
 The recognizer re-ranks its beam's finished hypotheses with it (``model/lm.py``): the attention decoder has
 only seen the sentences that were synthesised, and most of its errors are misspelt words that a word model
@@ -24,6 +25,8 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+
+from .manifest import read_manifest
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 NEVER = -99.0  # ARPA's log10 probability for <s>, which is never predicted
@@ -121,12 +124,17 @@ def read_sentences(path: str | Path) -> list[list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--text", type=Path, required=True, action="append",
+    ap.add_argument("--text", type=Path, action="append", default=[],
                     help="normalised transcripts, one sentence per line (repeatable)")
+    ap.add_argument("--manifest", type=Path, action="append", default=[],
+                    help="a JSONL manifest whose 'text' fields to use (repeatable)")
     ap.add_argument("--order", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True, help="ARPA file to write (.gz to compress)")
     a = ap.parse_args()
+    if not a.text and not a.manifest:
+        ap.error("give at least one --text or --manifest")
     sentences = [s for path in a.text for s in read_sentences(path)]
+    sentences += [u.text.split() for path in a.manifest for u in read_manifest(path) if u.text.strip()]
     table = estimate(sentences, a.order)
     out = write_arpa(table, a.out)
     sizes = ", ".join(f"{len(table[n])} {n}-grams" for n in range(1, len(table)))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from model.recognizer import Recognizer
 from model.testing import make_random_checkpoint
 from recipe.lm import estimate, write_arpa
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXT = """the cat sat on the mat
 the dog sat on the log
 a cat and a dog
@@ -50,6 +54,19 @@ def test_the_arpa_file_is_reproducible(tmp_path: Path) -> None:
     a, b = write_arpa(table, tmp_path / "a.arpa.gz"), write_arpa(table, tmp_path / "b.arpa.gz")
     assert a.read_bytes() == b.read_bytes()
     assert NgramLM.load(a).score("the cat") == NgramLM.load(write_arpa(table, tmp_path / "c.arpa")).score("the cat")
+
+
+def test_the_command_line_reads_text_files_and_manifests(tmp_path: Path) -> None:
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(TEXT[:3]) + "\n")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": "x.wav", "text": t, "duration": 1.0}) + "\n" for t in TEXT[3:]))
+    out = tmp_path / "lm.arpa.gz"
+    subprocess.run([sys.executable, "-m", "recipe.lm", "--text", str(text), "--manifest", str(manifest), "--out",
+                    str(out)], check=True, capture_output=True, cwd=ROOT, timeout=120)
+    lm = NgramLM.load(out)
+    assert lm.log_prob("floor", ["on", "the"]) > lm.log_prob("zebra", ["on", "the"])  # from the manifest
+    assert lm.log_prob("sat", ["cat"]) > lm.log_prob("zebra", ["cat"])  # from the text file
 
 
 def test_unreadable_arpa_files_are_refused(tmp_path: Path) -> None:
