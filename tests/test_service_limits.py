@@ -145,33 +145,25 @@ def test_a_full_queue_answers_429_with_retry_after(strict, speech) -> None:
     assert [r.status_code for r in results] == [200, 200]
 
 
-def test_a_client_that_disconnects_is_dropped_from_pending_work(strict, speech) -> None:
-    before = strict.metric("asr_cancelled_segments_total", AUTH)
-    wav = speech["hello"].wav
-    u = urlparse(strict.url)
-    with socket.create_connection((u.hostname, u.port)) as s:
-        s.sendall((f"POST /transcribe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                   f"Content-Type: audio/wav\r\nContent-Length: {len(wav)}\r\n\r\n").encode() + wav)
-        wait_until(lambda: strict.state.engine.depth == 1, timeout=10, interval=0.01)
-    started = time.monotonic()
-    wait_until(lambda: strict.state.engine.depth == 0, timeout=5, interval=0.01)
-    assert time.monotonic() - started < 1.0  # withdrawn, not decoded when its 1.5 s batching wait ran out
-    assert strict.metric("asr_cancelled_segments_total", AUTH) - before == 1
-
-
-def test_a_streaming_client_that_disconnects_is_dropped_from_pending_work(strict, speech) -> None:
-    """The same for ``stream=true`` on the OpenAI route, whose answer has begun before decoding ends."""
-    before = strict.metric("asr_cancelled_segments_total", AUTH)
-    wav = speech["hello"].wav
+def _multipart_stream_request(wav: bytes) -> tuple[str, str, bytes]:
+    """``stream=true`` on the OpenAI route: its answer has begun before decoding ends."""
     boundary = "b0undary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
             f"Content-Type: audio/wav\r\n\r\n").encode() + wav + f"\r\n--{boundary}--\r\n".encode()
+    return "/v1/audio/transcriptions", f"multipart/form-data; boundary={boundary}", body
+
+
+@pytest.mark.parametrize("request_kind", ["rest", "openai-stream"])
+def test_a_client_that_disconnects_is_dropped_from_pending_work(strict, speech, request_kind: str) -> None:
+    before = strict.metric("asr_cancelled_segments_total", AUTH)
+    wav = speech["hello"].wav
+    path, content_type, body = (("/transcribe", "audio/wav", wav) if request_kind == "rest"
+                                else _multipart_stream_request(wav))
     u = urlparse(strict.url)
     with socket.create_connection((u.hostname, u.port)) as s:
-        s.sendall((f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                   f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
         wait_until(lambda: strict.state.engine.depth == 1, timeout=10, interval=0.01)
     started = time.monotonic()
     wait_until(lambda: strict.state.engine.depth == 0, timeout=5, interval=0.01)
