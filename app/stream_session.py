@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -236,6 +236,5 @@ class StreamSession:
             final = {"type": "final", "segment": item.segment, "text": result.text, "start": round(item.start, 3),
                      "end": round(item.end, 3)}
             if self.options.word_timestamps:
-                final["words"] = [{"word": w.word, "start": round(item.start + w.start, 3),
-                                   "end": round(item.start + w.end, 3)} for w in result.words]
+                final["words"] = [asdict(w.shifted(item.start)) for w in result.words]
             yield final

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from model.alignment import WordTiming
 from model.audio import AudioError, decode_audio
 from model.decoding import DecodeOptions
-from model.alignment import WordTiming
 from model.recognizer import NBest, TranscriptionResult
 
 from .engine import BatchingEngine, EngineClosed, Job, OnResult, QueueFull
@@ -91,9 +92,8 @@ class TranscriptionService:
 
     def _segment(self, span: tuple[int, int], result: TranscriptionResult) -> SegmentText:
         start = span[0] / self.rate
-        words = tuple(WordTiming(w.word, round(start + w.start, 3), round(start + w.end, 3)) for w in result.words)
         return SegmentText(round(start, 3), round(span[1] / self.rate, 3), result.text, result.score, result.n_best,
-                           words)
+                           tuple(w.shifted(start) for w in result.words))
 
     async def transcribe(self, data: bytes, options: DecodeOptions, *, request_id: str = "",
                          disconnected: Callable[[], Awaitable[object]] | None = None) -> Transcript:
@@ -113,34 +113,23 @@ class TranscriptionService:
         Everything the client can get wrong (bad audio, too long, busy) raises here, before any of the answer is
         sent; a failure while decoding raises from the iterator. Closing the iterator early (the client left)
         withdraws the segments not yet decoded."""
-        arrived: asyncio.Queue[tuple[int, TranscriptionResult]] = asyncio.Queue()
+        decoded: defaultdict[int, asyncio.Future[TranscriptionResult]] = defaultdict(
+            asyncio.get_running_loop().create_future)
         job, spans, _, _ = await self._submit(data, options, request_id,
-                                              on_result=lambda i, r: arrived.put_nowait((i, r)))
-        return self._in_order(job, spans, arrived)
+                                              on_result=lambda i, r: decoded[i].set_result(r))
+        return self._in_order(job, spans, decoded)
 
     async def _in_order(self, job: Job | None, spans: list[tuple[int, int]],
-                        arrived: asyncio.Queue[tuple[int, TranscriptionResult]]) -> AsyncIterator[SegmentText]:
+                        decoded: defaultdict[int, asyncio.Future[TranscriptionResult]]) -> AsyncIterator[SegmentText]:
         if job is None:
             return
-        done: dict[int, TranscriptionResult] = {}
         try:
             for i, span in enumerate(spans):
-                while i not in done:
-                    if not arrived.empty():
-                        done.update([arrived.get_nowait()])
-                    elif job.future.done():  # failed or cancelled (success posts every segment first)
-                        await _result(job)
-                        raise ApiError(500, "the model lost a segment of this audio")
-                    else:
-                        getter = asyncio.ensure_future(arrived.get())
-                        try:
-                            await asyncio.wait([getter, job.future], return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            if not getter.done():
-                                getter.cancel()
-                        if getter.done() and not getter.cancelled():
-                            done.update([getter.result()])
-                yield self._segment(span, done.pop(i))
+                await asyncio.wait([decoded[i], job.future], return_when=asyncio.FIRST_COMPLETED)
+                if not decoded[i].done():  # the job failed or was cancelled first (success reports every segment)
+                    await _result(job)
+                    raise ApiError(500, "the model lost a segment of this audio")
+                yield self._segment(span, decoded[i].result())
         finally:
             if not job.future.done():
                 job.cancel()

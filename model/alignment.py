@@ -27,6 +27,10 @@ class WordTiming:
     start: float  # seconds from the start of the waveform
     end: float
 
+    def shifted(self, offset: float) -> WordTiming:
+        """The same word timed from ``offset`` seconds earlier (a segment's start within its upload)."""
+        return WordTiming(self.word, round(offset + self.start, 3), round(offset + self.end, 3))
+
 
 @dataclass(frozen=True)
 class FrameClock:
@@ -63,17 +67,15 @@ def align_words(ctc_logprobs: torch.Tensor, tokens: Sequence[int], tokenizer: To
     spans = taf.merge_tokens(path[0].cpu(), scores[0].exp().cpu(), blank=blank)
     if len(spans) != len(ids):
         return ()
-    words: list[tuple[list[int], int, int]] = []  # (token ids, first frame, end frame)
+    groups: list[list[tuple[int, int, int]]] = []  # per word: (token, first frame, end frame) of each token
     for token, span in zip(ids, spans):
-        if not words or tokenizer.starts_word(token):
-            words.append(([token], span.start, span.end))
-        else:
-            words[-1][0].append(token)
-            words[-1] = (words[-1][0], words[-1][1], span.end)
+        if not groups or tokenizer.starts_word(token):
+            groups.append([])
+        groups[-1].append((token, span.start, span.end))
     timed = []
-    for pieces, first, end in words:
-        text = tokenizer.decode(pieces)
+    for group in groups:
+        text = tokenizer.decode([token for token, _, _ in group])
         if text:
-            timed.append(WordTiming(text, round(min(clock.at(first), duration), 3),
-                                    round(min(clock.at(end), duration), 3)))
+            timed.append(WordTiming(text, round(min(clock.at(group[0][1]), duration), 3),
+                                    round(min(clock.at(group[-1][2]), duration), 3)))
     return tuple(timed)

@@ -35,26 +35,18 @@ class NgramLM:
         path = Path(path)
         opener = gzip.open if path.suffix == ".gz" else open
         entries: dict[str, tuple[float, float]] = {}
-        order, section = 0, None
+        order = n = 0  # n: the order of the section being read (0 outside the n-gram sections)
         try:
             with opener(path, "rt", encoding="utf-8") as f:
                 for line in f:
                     line = line.strip()
-                    if not line or line.startswith("ngram "):
-                        continue
                     if line.startswith("\\"):
-                        section = line
-                        if line.endswith("-grams:"):
-                            order = max(order, int(line[1:].split("-")[0]))
-                        continue
-                    if section is None or not section.endswith("-grams:"):
-                        continue
-                    parts = line.split("\t") if "\t" in line else line.split()
-                    n = int(section[1:].split("-")[0])
-                    if "\t" not in line:  # space-separated: log10 p, n words, optional backoff
-                        parts = [parts[0], " ".join(parts[1 : 1 + n]), *parts[1 + n :]]
-                    backoff = float(parts[2]) if len(parts) > 2 else 0.0
-                    entries[parts[1]] = (float(parts[0]), backoff)
+                        n = int(line[1:].split("-")[0]) if line.endswith("-grams:") else 0
+                        order = max(order, n)
+                    elif n and line:  # log10 p, the n words, an optional log10 backoff
+                        parts = line.split()
+                        backoff = float(parts[n + 1]) if len(parts) > n + 1 else 0.0
+                        entries[" ".join(parts[1 : n + 1])] = (float(parts[0]), backoff)
         except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
             raise ArpaError(f"{path}: not a readable ARPA file ({e})") from e
         if not order:

@@ -26,9 +26,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from model.lm import BOS, EOS, UNK
+
 from .manifest import read_manifest
 
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 NEVER = -99.0  # ARPA's log10 probability for <s>, which is never predicted
 
 Ngram = tuple[str, ...]
