@@ -79,3 +79,15 @@ class NgramLM:
             history = [*history, word][-self.order :]
             total += self._log10(history)
         return total * LN10
+
+    def lists_sentence(self, text: str) -> bool:
+        """Whether every highest-order n-gram of ``text`` (with sentence markers) is an entry of its own.
+
+        An unpruned LM lists every n-gram of its training text, so this is true for each training sentence
+        (and, rarely, for a sentence made only of n-grams from others): the way to keep a model's training text
+        out of new dev/test sets when only its LM survives.
+        """
+        words = [BOS, *text.split(), EOS]
+        n = min(self.order, len(words))
+        return all(" ".join(words[i : i + n]) in self._entries for i in range(len(words) - n + 1))
+

@@ -17,10 +17,12 @@ import os
 import random
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from model.lm import NgramLM
 from recipe.normalize import normalize_text, word_count
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -205,17 +207,44 @@ def clean_sentences(raw: Iterable[str], min_words: int = MIN_WORDS, max_words: i
 
 
 def split_corpus(
-    sentences: list[str], n_dev: int, n_test: int, seed: int
+    sentences: list[str],
+    n_dev: int,
+    n_test: int,
+    seed: int,
+    *,
+    seen: Collection[str] = frozenset(),
+    strata: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Shuffle (seeded) unique sentences and cut them into disjoint train/dev/test lists."""
+    """Shuffle (seeded) unique sentences and cut them into disjoint train/dev/test lists.
+
+    Dev and test come only from sentences not in ``seen``: text an earlier model was trained on, so that a
+    model fine-tuned from it is never scored on what it heard. ``strata`` (sentence -> source) keeps each
+    source's share of dev/test at its share of all sentences, as far as the unseen sentences allow, so the
+    held-out sets read like the corpus and not like whichever source happens to be least seen.
+    """
     uniq = sorted(set(sentences))
     random.Random(seed).shuffle(uniq)
-    if n_dev + n_test >= len(uniq):
-        raise ValueError(f"only {len(uniq)} sentences for dev {n_dev} + test {n_test}")
-    dev = uniq[:n_dev]
-    test = uniq[n_dev : n_dev + n_test]
-    train = uniq[n_dev + n_test :]
-    return train, dev, test
+    n_held = n_dev + n_test
+    candidates = [s for s in uniq if s not in seen]
+    if n_held >= len(candidates):
+        raise ValueError(f"only {len(candidates)} unseen sentences for dev {n_dev} + test {n_test}")
+    held: list[str] = []
+    if strata:
+        shares = Counter(strata.get(s, "") for s in uniq)
+        quota = {source: round(n_held * n / len(uniq)) for source, n in shares.items()}
+        taken: Counter[str] = Counter()
+        for s in candidates:
+            source = strata.get(s, "")
+            if taken[source] < quota[source]:
+                held.append(s)
+                taken[source] += 1
+    chosen = set(held)
+    held += [s for s in candidates if s not in chosen][: max(0, n_held - len(held))]
+    held = sorted(held[:n_held])  # quotas may round one or two over
+    random.Random(seed + 1).shuffle(held)  # mix the strata between dev and test
+    held_set = set(held)
+    train = [s for s in uniq if s not in held_set]
+    return train, held[:n_dev], held[n_dev:]
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -234,19 +263,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--man-pages", type=int, default=600, help="also mine up to this many man pages (0: fortunes only)"
     )
+    ap.add_argument(
+        "--seen",
+        type=Path,
+        help="sentences an earlier model was trained on (one per line): kept out of dev/test, so a model "
+        "fine-tuned from it (recipe.train --init) is scored only on text neither has heard",
+    )
+    ap.add_argument(
+        "--seen-lm",
+        type=Path,
+        help="the word LM (ARPA) estimated from an earlier model's training text: every sentence it lists "
+        "in full (NgramLM.lists_sentence) is kept out of dev/test, like --seen",
+    )
     args = ap.parse_args(argv)
 
     fortunes = clean_sentences(fortune_sentences())
     print(f"fortunes: {len(fortunes)} clean sentences")
     sentences = list(fortunes)
+    strata = dict.fromkeys(fortunes, "fortunes")
     if args.man_pages:
         man = clean_sentences(man_sentences(args.man_pages, args.seed))
         known = set(fortunes)
         man = [s for s in man if s not in known]
         print(f"man pages: {len(man)} new clean sentences (up to {args.man_pages} pages)")
         sentences += man
+        strata.update(dict.fromkeys(man, "man"))
 
-    train, dev, test = split_corpus(sentences, args.dev, args.test, args.seed)
+    seen = set(args.seen.read_text(encoding="utf-8").splitlines()) if args.seen else set()
+    if args.seen_lm:
+        lm = NgramLM.load(args.seen_lm)
+        seen |= {s for s in sentences if lm.lists_sentence(s)}
+    if seen:
+        print(f"seen: {len(seen & set(sentences))} sentences kept out of dev/test")
+    train, dev, test = split_corpus(sentences, args.dev, args.test, args.seed, seen=seen, strata=strata)
     for name, lines in (("train", train), ("dev", dev), ("test", test)):
         write_lines(args.out / f"{name}.txt", lines)
         words = sum(word_count(s) for s in lines)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from model.checkpoint import Checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig, ModelConfig
 from model.decoding import DecodeOptions, beam_search
 from model.tokenizer import Tokenizer, train_tokenizer
@@ -156,6 +157,8 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this much training time")
     p.add_argument("--name", default="speech-transformer")
+    p.add_argument("--init", help="exported checkpoint to fine-tune (e.g. weights): its weights, tokenizer and "
+                   "CMVN replace the fresh ones; --config must describe the same architecture; keep it on resume")
     a = p.parse_args()
 
     conf = json.loads(Path(a.config).read_text())
@@ -177,17 +180,24 @@ def main() -> None:
                         tcfg["feature_copies"], a.jobs, tcfg["seed"])
     dev_dir = prepare(a.dev, feature_dir(work, a.dev, 1, False, 0), 1, a.jobs, 0, do_augment=False)
 
+    base = load_checkpoint(a.init) if a.init else None
     tok_path = out / "tokenizer.model"
+    if base is not None and not tok_path.exists():
+        shutil.copyfile(base.tokenizer.path, tok_path)
     if not tok_path.exists():
         text_file = out / "tokenizer_text.txt"
         text_file.write_text("".join(sorted({u.text + "\n" for u in read_manifest(a.train)})))
         train_tokenizer(text_file, out / "tokenizer", conf["tokenizer"]["vocab_size"], conf["tokenizer"]["type"])
     tokenizer = Tokenizer(tok_path)
     train_set, dev_set = FeatureSet(train_dir, tokenizer), FeatureSet(dev_dir, tokenizer)
-    mean, std = train_set.feature_stats()
+    # A fine-tuned model must see its inputs normalised exactly as its base did.
+    mean, std = (base.cmvn_mean, base.cmvn_std) if base is not None else train_set.feature_stats()
 
     model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **conf["model"])
-    model = SpeechTransformer(model_cfg).to(device)
+    model = SpeechTransformer(model_cfg)
+    if base is not None:
+        model.load_state_dict(base.model.state_dict())
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["peak_lr"], betas=(0.9, 0.98), eps=1e-9,
                             weight_decay=tcfg["weight_decay"])
     meta = load_state(out / "state", model, opt) or {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0}
@@ -249,6 +259,7 @@ def main() -> None:
     provenance = {"steps": step, "epochs": epoch, "train_minutes": round((time.time() - start) / 60, 1),
                   "averaged_snapshots": [q.name for q in paths], "train_manifest": str(a.train),
                   "train_utterances": len(train_set), "config": conf, "device": str(device),
+                  **({"init": {"from": a.init, "provenance": base.provenance}} if base is not None else {}),
                   "command": "python -m recipe.train " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v)}
     final = save_checkpoint(out / "final", Checkpoint(model.cpu(), tokenizer, FeatureConfig(), mean, std, provenance, a.name))
     model.to(device)

@@ -93,6 +93,23 @@ def test_split_is_disjoint_and_complete() -> None:
     assert split_corpus(sents, 20, 30, seed=0) == (train, dev, test)  # deterministic
 
 
+def test_split_keeps_seen_text_out_of_dev_and_test_and_follows_the_source_mix() -> None:
+    """A fine-tuned model is never scored on its base's training text; dev/test mirror the sources' shares."""
+    quips = [f"quip number {i} is short" for i in range(600)]
+    manual = [f"the option number {i} sets a flag" for i in range(400)]
+    strata = {**dict.fromkeys(quips, "quips"), **dict.fromkeys(manual, "manual")}
+    seen = set(quips[:550]) | set(manual[:100])  # only 50 quips are unseen: fewer than their share
+    train, dev, test = split_corpus(quips + manual, 40, 60, seed=3, seen=seen, strata=strata)
+    held = dev + test
+    assert (len(dev), len(test), len(train)) == (40, 60, 900)
+    assert not set(held) & seen and set(train) | set(held) == set(quips + manual)
+    assert sum(strata[s] == "quips" for s in held) == 50  # share 60% = 60 wanted, 50 unseen
+    assert 10 <= sum(strata[s] == "quips" for s in dev) <= 30  # both sets get a mix, not one source each
+    seen_all = set(quips + manual) - set(manual[-50:])
+    with pytest.raises(ValueError, match="unseen"):
+        split_corpus(quips + manual, 40, 60, seed=3, seen=seen_all)
+
+
 # --------------------------------------------------------------------------- engines
 
 

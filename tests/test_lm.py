@@ -49,6 +49,14 @@ def test_seen_word_orders_beat_scrambled_and_misspelt_ones(lm: NgramLM) -> None:
     assert lm.log_prob("sat", ["the", "cat"]) > lm.log_prob("sat", ["the", "floor"])  # a seen trigram vs backoff
 
 
+def test_an_unpruned_lm_lists_its_training_sentences_in_full(lm: NgramLM) -> None:
+    """What ``recipe.text --seen-lm`` relies on to keep a base model's training text out of new test sets."""
+    assert all(lm.lists_sentence(s) for s in TEXT)
+    assert lm.lists_sentence("the cat sat on the log")  # made only of others' trigrams: kept out too (harmless)
+    assert not lm.lists_sentence("the dog sat on the mat and")  # every word known, "mat and </s>" never seen
+    assert not lm.lists_sentence("a zebra")
+
+
 def test_the_arpa_file_is_reproducible(tmp_path: Path) -> None:
     table = estimate([s.split() for s in TEXT], order=2)
     a, b = write_arpa(table, tmp_path / "a.arpa.gz"), write_arpa(table, tmp_path / "b.arpa.gz")

@@ -110,6 +110,21 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     state = json.loads((out / "state" / "state.json").read_text())
     assert state["step"] == 120
 
+    # Fine-tuning (--init) starts from the exported weights, tokenizer and CMVN: with a zero learning rate the
+    # new run exports its base unchanged, where a fresh start would export a random network.
+    config["train"].update(peak_lr=0.0, snapshot_every=5)
+    (tmp_path / "zero_lr.json").write_text(json.dumps(config))
+    tuned = tmp_path / "tuned"
+    cmd = [sys.executable, "-m", "recipe.train", "--train", str(manifest), "--dev", str(manifest),
+           "--config", str(tmp_path / "zero_lr.json"), "--out", str(tuned), "--work", str(tmp_path / "feats"),
+           "--jobs", "1", "--max-steps", "10", "--init", str(out / "final")]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
+    base_cfg, tuned_cfg = (json.loads((d / "final" / "config.json").read_text()) for d in (out, tuned))
+    assert tuned_cfg["cmvn"] == base_cfg["cmvn"]
+    assert tuned_cfg["tokenizer"]["sha256"] == base_cfg["tokenizer"]["sha256"]
+    assert tuned_cfg["weights"]["sha256"] == base_cfg["weights"]["sha256"]
+    assert tuned_cfg["provenance"]["init"]["provenance"]["steps"] == 120
+
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").glob("*.json")),
                          ids=lambda p: p.name)
