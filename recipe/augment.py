@@ -26,6 +26,11 @@ class AugmentConfig:
     p_noise: float = 0.6
     snr_db: tuple[float, float] = (5.0, 30.0)
     p_band: float = 0.4
+    # Silence of up to pad_s seconds before and after the speech (each side drawn separately), with probability
+    # p_pad, before reverberation and noise fill it. 0 (the default) draws nothing, so earlier corpora's random
+    # chains are unchanged. TTS clips start almost at once; real uploads and streams do not.
+    pad_s: float = 0.0
+    p_pad: float = 0.5
 
 
 def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -92,6 +97,9 @@ def augment(
         x = AF.highpass_biquad(x, rate, float(rng.uniform(60, 400)))
         x = AF.lowpass_biquad(x, rate, float(rng.uniform(3000, 7500)))
     y = x.numpy().astype(np.float32)
+    if cfg.pad_s > 0 and rng.random() < cfg.p_pad:
+        before, after = (int(rng.uniform(0, cfg.pad_s) * rate) for _ in range(2))
+        y = np.concatenate([np.zeros(before, np.float32), y, np.zeros(after, np.float32)])
     if rng.random() < cfg.p_reverb:
         rir = room_impulse(rate, rng, float(rng.uniform(*cfg.rt60)))
         y = convolve(y, rir)

@@ -30,8 +30,8 @@ def load_wave(path: Path, rate: int) -> np.ndarray:
     return resample(to_mono(samples), sr, rate)
 
 
-def _work(args: tuple[int, list[Utterance], str, int, int, bool]) -> int:
-    part, utts, out_dir, copies, seed, do_augment = args
+def _work(args: tuple[int, list[Utterance], str, int, int, bool, AugmentConfig]) -> int:
+    part, utts, out_dir, copies, seed, do_augment, aug_cfg = args
     torch.set_num_threads(1)
     out = Path(out_dir)
     done_marker = out / f"part-{part:03d}.done"
@@ -40,7 +40,6 @@ def _work(args: tuple[int, list[Utterance], str, int, int, bool]) -> int:
     cfg = FeatureConfig()
     fbank = FilterbankFeatures(cfg)
     rng = np.random.default_rng(seed * 1000 + part)
-    aug_cfg = AugmentConfig()
     chunks, index, offset, recent = [], [], 0, []
     for utt in utts:
         wave = load_wave(utt.audio, cfg.sample_rate)
@@ -63,12 +62,12 @@ def _work(args: tuple[int, list[Utterance], str, int, int, bool]) -> int:
 
 
 def prepare(manifest: str | Path, out_dir: str | Path, copies: int = 2, jobs: int = 2, seed: int = 0,
-            do_augment: bool = True, part_size: int = 500) -> Path:
+            do_augment: bool = True, part_size: int = 500, aug: AugmentConfig = AugmentConfig()) -> Path:
     """Resumable: finished parts are kept, unfinished ones are redone."""
     utts = read_manifest(manifest)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(i, utts[s : s + part_size], str(out), copies, seed, do_augment)
+    tasks = [(i, utts[s : s + part_size], str(out), copies, seed, do_augment, aug)
              for i, s in enumerate(range(0, len(utts), part_size))]
     with mp.get_context("spawn").Pool(jobs) as pool, tqdm(total=len(utts), desc=f"features {Path(manifest).name}") as bar:
         for n in pool.imap_unordered(_work, tasks):

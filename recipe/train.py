@@ -34,6 +34,7 @@ from model.decoding import DecodeOptions, beam_search
 from model.tokenizer import Tokenizer, train_tokenizer
 from model.transformer import SpeechTransformer
 
+from .augment import AugmentConfig
 from .data import Batch, FeatureSet
 from .features import prepare
 from .manifest import read_manifest
@@ -139,8 +140,9 @@ def evaluate(model: SpeechTransformer, data: FeatureSet, tokenizer: Tokenizer, m
             "example_ref": refs[len(refs) // 2], "example_hyp": hyps[len(refs) // 2]}
 
 
-def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int) -> Path:
-    key = hashlib.sha1(f"{Path(manifest).resolve()}|{copies}|{augment}|{seed}".encode()).hexdigest()[:10]
+def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int, pad_s: float = 0.0) -> Path:
+    extra = f"|pad{pad_s}" if pad_s else ""  # keeps the cache names of runs without silence padding
+    key = hashlib.sha1(f"{Path(manifest).resolve()}|{copies}|{augment}|{seed}{extra}".encode()).hexdigest()[:10]
     return work / f"{Path(manifest).stem}-{key}"
 
 
@@ -176,8 +178,9 @@ def main() -> None:
         log.flush()
         tqdm.write(json.dumps(entry))
 
-    train_dir = prepare(a.train, feature_dir(work, a.train, tcfg["feature_copies"], True, tcfg["seed"]),
-                        tcfg["feature_copies"], a.jobs, tcfg["seed"])
+    pad_s = float(tcfg.get("silence_pad_s", 0.0))
+    train_dir = prepare(a.train, feature_dir(work, a.train, tcfg["feature_copies"], True, tcfg["seed"], pad_s),
+                        tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=AugmentConfig(pad_s=pad_s))
     dev_dir = prepare(a.dev, feature_dir(work, a.dev, 1, False, 0), 1, a.jobs, 0, do_augment=False)
 
     base = load_checkpoint(a.init) if a.init else None

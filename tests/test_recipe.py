@@ -34,6 +34,20 @@ def test_augment_changes_audio_but_keeps_it_sane() -> None:
     assert len(seen_lengths) > 1  # speed perturbation happened
 
 
+def test_silence_padding_puts_silence_around_the_speech_and_is_off_by_default() -> None:
+    wave = (np.sin(np.arange(16000) / 8.0) * 0.3).astype(np.float32)
+    quiet = dict(speed=(1.0, 1.0), p_reverb=0.0, p_noise=0.0, p_band=0.0)
+    out, _ = augment(wave, 16000, np.random.default_rng(0), AugmentConfig(**quiet), [wave])
+    assert out.size == wave.size  # default: no padding
+    leads = []
+    for seed in range(8):
+        out, _ = augment(wave, 16000, np.random.default_rng(seed), AugmentConfig(**quiet, pad_s=1.0, p_pad=1.0), [wave])
+        lead = int(np.flatnonzero(out)[0])
+        assert wave.size < out.size <= wave.size + 2 * 16000 and lead <= 16000
+        leads.append(lead)
+    assert max(leads) > 1600  # at least one draw put over 0.1 s of silence in front
+
+
 def test_mix_at_snr_hits_the_requested_ratio() -> None:
     rng = np.random.default_rng(1)
     speech, noise = rng.standard_normal(8000), rng.standard_normal(8000) * 5
@@ -136,7 +150,7 @@ def test_every_shipped_training_config_is_complete_and_builds(config: Path) -> N
     reference = json.loads((config.parent / "default.json").read_text())
     conf = json.loads(config.read_text())
     assert conf.keys() == reference.keys()
-    optional = {"cooldown_from", "cooldown_to"}
+    optional = {"cooldown_from", "cooldown_to", "silence_pad_s"}
     for section in conf:
         assert conf[section].keys() - optional == reference[section].keys(), section
     window = [conf["train"].get(k) for k in ("cooldown_from", "cooldown_to")]
