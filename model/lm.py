@@ -90,4 +90,3 @@ class NgramLM:
         words = [BOS, *text.split(), EOS]
         n = min(self.order, len(words))
         return all(" ".join(words[i : i + n]) in self._entries for i in range(len(words) - n + 1))
-
