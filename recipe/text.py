@@ -177,9 +177,8 @@ def man_pages_sample(max_pages: int, seed: int, per_family: int = 40) -> list[Pa
     return out
 
 
-def man_sentences(max_pages: int, seed: int, jobs: int = 2) -> Iterator[str]:
+def man_sentences(pages: list[Path], jobs: int = 2) -> Iterator[str]:
     """Prose sentences from rendered man pages (rendered with long lines: no wrapping to undo)."""
-    pages = man_pages_sample(max_pages, seed)
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         for text in ex.map(_render_man, pages):
             for line in text.splitlines():
@@ -247,6 +246,21 @@ def split_corpus(
     return train, held[:n_dev], held[n_dev:]
 
 
+def train_only(train: list[str], held: Collection[str], extra: Iterable[str]) -> list[str]:
+    """``train`` plus the ``extra`` sentences that are neither in it nor held out, in order.
+
+    Extra text grows the training set without moving a single dev/test sentence, so results stay
+    comparable with models trained before it was added.
+    """
+    taken = set(train) | set(held)
+    out = list(train)
+    for s in extra:
+        if s not in taken:
+            taken.add(s)
+            out.append(s)
+    return out
+
+
 def write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -275,6 +289,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the word LM (ARPA) estimated from an earlier model's training text: every sentence it lists "
         "in full (NgramLM.lists_sentence) is kept out of dev/test, like --seen",
     )
+    ap.add_argument(
+        "--extra-man-pages",
+        type=int,
+        default=0,
+        help="mine this many further man pages (after the --man-pages ones, same sample order) for training "
+        "text only: dev/test stay exactly as without them",
+    )
     args = ap.parse_args(argv)
 
     fortunes = clean_sentences(fortune_sentences())
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     sentences = list(fortunes)
     strata = dict.fromkeys(fortunes, "fortunes")
     if args.man_pages:
-        man = clean_sentences(man_sentences(args.man_pages, args.seed))
+        man = clean_sentences(man_sentences(man_pages_sample(args.man_pages, args.seed)))
         known = set(fortunes)
         man = [s for s in man if s not in known]
         print(f"man pages: {len(man)} new clean sentences (up to {args.man_pages} pages)")
@@ -296,6 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     if seen:
         print(f"seen: {len(seen & set(sentences))} sentences kept out of dev/test")
     train, dev, test = split_corpus(sentences, args.dev, args.test, args.seed, seen=seen, strata=strata)
+    if args.extra_man_pages:
+        pages = man_pages_sample(args.man_pages + args.extra_man_pages, args.seed)[args.man_pages :]
+        before = len(train)
+        train = train_only(train, dev + test, clean_sentences(man_sentences(pages)))
+        print(f"extra man pages: {len(train) - before} new training-only sentences from {len(pages)} pages")
     for name, lines in (("train", train), ("dev", dev), ("test", test)):
         write_lines(args.out / f"{name}.txt", lines)
         words = sum(word_count(s) for s in lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recipe.normalize import normalize_text, word_count
-from recipe.text import clean_sentences, record_sentences, split_corpus, split_sentences
+from recipe.text import clean_sentences, record_sentences, split_corpus, split_sentences, train_only
 
 # --------------------------------------------------------------------------- normalisation
 
@@ -108,6 +108,15 @@ def test_split_keeps_seen_text_out_of_dev_and_test_and_follows_the_source_mix() 
     seen_all = set(quips + manual) - set(manual[-50:])
     with pytest.raises(ValueError, match="unseen"):
         split_corpus(quips + manual, 40, 60, seed=3, seen=seen_all)
+
+
+def test_extra_text_goes_to_train_only_and_leaves_dev_and_test_alone() -> None:
+    sents = [f"sentence number {i} is here" for i in range(100)]
+    train, dev, test = split_corpus(sents, 10, 10, seed=1)
+    extra = [dev[0], test[3], train[5], "a brand new line", "a brand new line", "another new one"]
+    grown = train_only(train, dev + test, extra)
+    assert grown == train + ["a brand new line", "another new one"]
+    assert not set(grown) & set(dev + test)
 
 
 # --------------------------------------------------------------------------- engines
