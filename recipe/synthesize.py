@@ -180,6 +180,35 @@ def write_manifest(path: Path, rows: Iterable[tuple[Utterance, float]]) -> int:
     return n
 
 
+def drop_stale_audio(out: Path, plan: list[Utterance]) -> int:
+    """Delete audio an earlier run made for another sentence or voice under the same file name.
+
+    Resuming skips every valid WAV already there, so a changed sentence list (which reshuffles the
+    train plan) would otherwise pair old audio with new text. The plan ledger written at each start
+    says what every file was made for; a corpus without one falls back to its manifests. A file
+    neither lists is of unknown origin and is made again.
+    """
+    ledger = out / "synthesis_plan.jsonl"
+    sources = [ledger] if ledger.exists() else sorted(out.glob("*.jsonl"))
+    made_for: dict[str, tuple[str, str]] = {}
+    for src in sources:
+        for line in src.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            made_for[row["audio"]] = (row["text"], row["voice"])
+    dropped = 0
+    for u in plan:
+        path = out / u.rel_audio
+        if path.exists() and made_for.get(u.rel_audio) != (u.text, u.voice):
+            path.unlink()
+            dropped += 1
+    tmp = ledger.with_name(f".{ledger.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for u in plan:
+            f.write(json.dumps({"audio": u.rel_audio, "text": u.text, "voice": u.voice}, ensure_ascii=False) + "\n")
+    os.replace(tmp, ledger)
+    return dropped
+
+
 def run(
     text_dir: Path,
     out: Path,
@@ -197,6 +226,9 @@ def run(
     # Small evaluation splits first, so they are usable early; train last.
     plan.sort(key=lambda u: SPLIT_ORDER.index(u.split))
     out.mkdir(parents=True, exist_ok=True)
+    stale = drop_stale_audio(out, plan)
+    if stale:
+        print(f"{stale} files were made for another sentence or voice: making them again", flush=True)
     done: dict[str, list[tuple[Utterance, float]]] = {s: [] for s in SPLIT_ORDER}
     made = skipped = failed = 0
     audio_s = 0.0

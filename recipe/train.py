@@ -141,8 +141,14 @@ def evaluate(model: SpeechTransformer, data: FeatureSet, tokenizer: Tokenizer, m
 
 
 def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int, pad_s: float = 0.0) -> Path:
-    extra = f"|pad{pad_s}" if pad_s else ""  # keeps the cache names of runs without silence padding
-    key = hashlib.sha1(f"{Path(manifest).resolve()}|{copies}|{augment}|{seed}{extra}".encode()).hexdigest()[:10]
+    """Cache folder named by everything the features depend on, the manifest's content included.
+
+    Finished parts are reused on resume, so a manifest rewritten in place (a re-synthesised corpus)
+    must get a new folder rather than features of other audio.
+    """
+    content = hashlib.sha1(Path(manifest).read_bytes()).hexdigest()
+    extra = f"|pad{pad_s}" if pad_s else ""
+    key = hashlib.sha1(f"{content}|{copies}|{augment}|{seed}{extra}".encode()).hexdigest()[:10]
     return work / f"{Path(manifest).stem}-{key}"
 
 

@@ -218,3 +218,14 @@ def test_tiny_synthesis_run_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert counts2 == counts
     assert {p: p.stat().st_mtime_ns for p in (out / "wav").rglob("*.wav")} == mtimes
     assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == rows
+
+    # A changed sentence list reshuffles the train plan: audio made for other text is never reused.
+    before = {r["audio"]: r for r in rows}
+    (text_dir / "train.txt").write_text("we like green apples a lot\nthe sun is warm today\n")
+    monkeypatch.undo()
+    syn.run(text_dir, out, 4, 1, 1, jobs=1, seed=0, weights=weights, progress=False)
+    rows3 = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    changed = {r["audio"] for r in rows3 if (before[r["audio"]]["text"], before[r["audio"]]["voice"]) != (r["text"], r["voice"])}
+    remade = {str(p.relative_to(out)) for p, t in mtimes.items() if p.stat().st_mtime_ns != t}
+    assert changed and remade == changed
+    assert any(r["text"] == "the sun is warm today" for r in rows3)

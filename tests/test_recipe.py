@@ -15,7 +15,7 @@ import torch
 
 from model.recognizer import Recognizer
 from recipe.augment import AugmentConfig, augment, convolve, mix_at_snr
-from recipe.train import learning_rate, noam_lr, spec_augment
+from recipe.train import feature_dir, learning_rate, noam_lr, spec_augment
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["open the door", "turn on the light", "call my sister", "play some music"]
@@ -74,6 +74,16 @@ def test_cooldown_anneals_linearly_to_zero_only_inside_its_window() -> None:
     assert learning_rate(400, cooled) == pytest.approx(noam_lr(400, 1e-3, 100))
     assert learning_rate(500, cooled) == pytest.approx(noam_lr(500, 1e-3, 100) / 2)
     assert learning_rate(600, cooled) == learning_rate(700, cooled) == 0.0
+
+
+def test_feature_cache_follows_the_manifest_content_and_the_settings(tmp_path: Path) -> None:
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text('{"audio": "a.wav", "text": "one", "duration": 1.0, "voice": "x"}\n')
+    first = feature_dir(tmp_path, str(manifest), 3, True, 0)
+    assert feature_dir(tmp_path, str(manifest), 3, True, 0) == first
+    assert len({first, feature_dir(tmp_path, str(manifest), 2, True, 0), feature_dir(tmp_path, str(manifest), 3, True, 0, 1.0)}) == 3
+    manifest.write_text('{"audio": "a.wav", "text": "two", "duration": 1.0, "voice": "x"}\n')  # rewritten in place
+    assert feature_dir(tmp_path, str(manifest), 3, True, 0) != first
 
 
 def test_spec_augment_masks_within_each_utterance() -> None:
