@@ -38,7 +38,7 @@ class DecodeOptions:
     ctc_prebeam: int = 0  # prefix mode: the decoder's top tokens per beam that CTC scores (0 = 1.5 x beam_size)
     # weight of a word language model's log-probability when the recognizer re-ranks the finished beam (used only
     # when the checkpoint has one: model/lm.py)
-    lm_weight: float = 0.02
+    lm_weight: float = 0.01
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
 
     def __post_init__(self) -> None:
