@@ -167,17 +167,22 @@ def _work(u: Utterance) -> tuple[Utterance, float | None, bool, str]:
     return u, dur, True, ""
 
 
-def write_manifest(path: Path, rows: Iterable[tuple[Utterance, float]]) -> int:
-    """Atomically write one JSONL manifest; audio paths are relative to its folder."""
+def write_jsonl(path: Path, records: Iterable[dict]) -> int:
+    """Atomically write JSON lines (an interrupted run never leaves half a file); returns the count."""
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:
-        for u, dur in sorted(rows, key=lambda r: r[0].uid):
-            rec = {"audio": u.rel_audio, "text": u.text, "duration": round(dur, 3), "voice": u.voice}
+        for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     os.replace(tmp, path)
     return n
+
+
+def write_manifest(path: Path, rows: Iterable[tuple[Utterance, float]]) -> int:
+    """One JSONL manifest; audio paths are relative to its folder."""
+    return write_jsonl(path, ({"audio": u.rel_audio, "text": u.text, "duration": round(dur, 3), "voice": u.voice}
+                              for u, dur in sorted(rows, key=lambda r: r[0].uid)))
 
 
 def drop_stale_audio(out: Path, plan: list[Utterance]) -> int:
@@ -201,11 +206,7 @@ def drop_stale_audio(out: Path, plan: list[Utterance]) -> int:
         if path.exists() and made_for.get(u.rel_audio) != (u.text, u.voice):
             path.unlink()
             dropped += 1
-    tmp = ledger.with_name(f".{ledger.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for u in plan:
-            f.write(json.dumps({"audio": u.rel_audio, "text": u.text, "voice": u.voice}, ensure_ascii=False) + "\n")
-    os.replace(tmp, ledger)
+    write_jsonl(ledger, ({"audio": u.rel_audio, "text": u.text, "voice": u.voice} for u in plan))
     return dropped
 
 

@@ -147,8 +147,7 @@ def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int
     must get a new folder rather than features of other audio.
     """
     content = hashlib.sha1(Path(manifest).read_bytes()).hexdigest()
-    extra = f"|pad{pad_s}" if pad_s else ""
-    key = hashlib.sha1(f"{content}|{copies}|{augment}|{seed}{extra}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{content}|{copies}|{augment}|{seed}|{pad_s}".encode()).hexdigest()[:10]
     return work / f"{Path(manifest).stem}-{key}"
 
 
