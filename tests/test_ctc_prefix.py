@@ -112,3 +112,40 @@ def test_both_solvers_agree_with_ctc_likelihood(monkeypatch, closed_form_max: in
     monkeypatch.setattr("model.ctc_prefix.CLOSED_FORM_MAX", closed_form_max)
     test_whole_sequence_scores_equal_ctc_likelihood_in_a_padded_batch()
     test_prefix_mass_splits_into_ending_here_and_every_continuation()
+
+
+def test_frames_before_the_prefix_can_end_are_skipped_without_changing_scores(monkeypatch) -> None:
+    """Confident posteriors (like a trained head's): late steps skip most frames, and every score stays the same."""
+    import model.ctc_prefix as cp
+
+    frames, labels = 80, [1, 2, 3, 4, 1, 2, 3, 4, 2, 3]
+    logits = torch.zeros(1, frames, 6)
+    logits[..., EOS] = float("-inf")
+    for k, label in enumerate(labels):  # label k is spoken around frame 8k+3, blanks elsewhere
+        logits[0, 8 * k + 2 : 8 * k + 5, label] = 16.0
+        logits[0, 8 * k + 5 : 8 * k + 10, BLANK] = 16.0
+    lp, lengths = logits.log_softmax(-1), torch.tensor([frames])
+    candidates = torch.tensor([[1, 2, 3, 4, EOS]])
+    window_start = cp._window_start
+
+    def run(margin: float) -> tuple[list[torch.Tensor], list[int]]:
+        monkeypatch.setattr(cp, "WINDOW_MARGIN", margin)
+        starts: list[int] = []
+        monkeypatch.setattr(cp, "_window_start", lambda phi: starts.append(window_start(phi)) or starts[-1])
+        scorer = CTCPrefixScorer(lp, lengths, beams=1, blank=BLANK, eos=EOS)
+        out = []
+        for label in labels:
+            out.append(scorer.extend(candidates)[0].clone())
+            scorer.select(torch.tensor([0]), torch.tensor([label - 1]))
+        out.append(scorer.extend(candidates)[0].clone())
+        return out, starts
+
+    windowed, starts = run(40.0)
+    full, full_starts = run(float("inf"))
+    assert set(full_starts) == {0}
+    assert starts[-1] > frames // 2  # the last steps look at the end of the audio only
+    for a, b in zip(windowed, full):
+        finite = torch.isfinite(b)
+        assert torch.equal(finite, torch.isfinite(a))
+        assert torch.allclose(a[finite], b[finite], atol=1e-4)
+    assert float(full[-1][-1]) == pytest.approx(-nll(lp[0], frames, labels), abs=1e-3)
