@@ -14,9 +14,6 @@ import torch
 NEG_INF = float("-inf")
 CLOSED_FORM_MAX = 256  # rows x candidates up to which the loop-free solver is faster (measured on a 2-core CPU)
 UNLIKELY = 1e6  # log-probabilities are clamped to >= -UNLIKELY; a score below -UNLIKELY / 2 means impossible
-# Frames where every row's completed prefix is this many nats below its own best frame are skipped: their share
-# (< e^-40) is far below float32 resolution, and they are most frames early in a long utterance.
-WINDOW_MARGIN = 40.0
 
 
 class CTCPrefixScorer:
@@ -60,13 +57,8 @@ class CTCPrefixScorer:
         # first frame only the empty prefix is complete.
         first = torch.full_like(phi[:1], 0.0 if self.length == 0 else NEG_INF)
         phi_prev = torch.cat([first, phi[:-1]])
-        lo = _window_start(phi_prev)
-        phi_prev, x_c, x_b = phi_prev[lo:], x_c[lo:], x_b[lo:]
         solve = _closed_form if phi.shape[1] * phi.shape[2] <= CLOSED_FORM_MAX else _frame_by_frame
-        r_n, r_b = solve(phi_prev, x_c, x_b, max(1, self.length - lo))
-        if lo:  # the skipped frames hold (next to) nothing
-            skipped = torch.full((lo, *r_n.shape[1:]), NEG_INF, dtype=r_n.dtype, device=r_n.device)
-            r_n, r_b = torch.cat([skipped, r_n]), torch.cat([skipped, r_b])
+        r_n, r_b = solve(phi_prev, x_c, x_b, max(1, self.length))
         prefix = torch.logsumexp(phi_prev + x_c, 0)
         scores = torch.where(tokens == self.eos, total[-1][:, None], prefix)
         # The blank is CTC's, never an output token; a path through a clamped frame is no path at all.
@@ -85,18 +77,6 @@ class CTCPrefixScorer:
         self.length += 1
         self._pending = None
         return scores[rows, cols]
-
-
-def _window_start(phi_prev: torch.Tensor) -> int:
-    """First frame at which some row's old prefix is complete with a non-negligible share of its mass.
-
-    A prefix of L labels is complete only once the audio has got that far, so for late steps of long
-    utterances most early frames carry nothing; the recursion starts here instead of at frame 0.
-    """
-    per_frame = phi_prev.amax(dim=2)  # (T, rows)
-    alive = per_frame >= per_frame.amax(dim=0, keepdim=True) - WINDOW_MARGIN
-    first = alive.any(dim=1).nonzero()
-    return int(first[0]) if first.numel() else 0
 
 
 def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
