@@ -17,7 +17,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from .manifest import write_manifest
+from .manifest import write_jsonl
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3")
@@ -64,7 +64,7 @@ def main() -> None:
         log.warning("skipped %s", why)
     if not rows:
         raise SystemExit(f"no utterances found under {a.root} (expected */*/*.trans.txt with audio beside them)")
-    write_manifest(a.out, rows)
+    write_jsonl(a.out, rows)
     hours = sum(r["duration"] for r in rows) / 3600
     log.info("%d utterances, %.2f h, %d speakers -> %s (%d skipped)", len(rows), hours,
              len({r["voice"] for r in rows}), a.out, len(skipped))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from recipe.manifest import write_jsonl
 from recipe.normalize import word_count
 from recipe.voices import Voice, held_out_voices, synthesize, training_voices, validate_wav, voice_by_id
 
@@ -165,18 +166,6 @@ def _work(u: Utterance) -> tuple[Utterance, float | None, bool, str]:
         path.unlink(missing_ok=True)
         return u, None, True, "invalid output (too short, too long or silent)"
     return u, dur, True, ""
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> int:
-    """Atomically write JSON lines (an interrupted run never leaves half a file); returns the count."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def write_manifest(path: Path, rows: Iterable[tuple[Utterance, float]]) -> int:

@@ -4,8 +4,9 @@
         --config recipe/configs/default.json --out runs/default [--max-minutes 150]
 
 The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on CUDA). Features are computed
-once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes from ``OUT/state`` after an interruption; the exported checkpoint in
-``OUT/final`` is the average of the last weight snapshots.
+once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes
+from ``OUT/state`` after an interruption; the exported checkpoint in ``OUT/final`` is the average of the last
+weight snapshots.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Facts measured on the build machine (and why the code is as it is):
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -264,16 +265,12 @@ def _piper(voice: Voice, text: str, rng: random.Random) -> tuple[np.ndarray, int
     return np.concatenate(chunks), pv.config.sample_rate, params
 
 
-_HIBARI: list[Any] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _hibari_model() -> Any:
     """The bundled ``heart`` voice, loaded once per process with one onnxruntime thread."""
-    if not _HIBARI:
-        from hibari import Hibari
+    from hibari import Hibari
 
-        _HIBARI.append(Hibari(voice="heart", threads=1))
-    return _HIBARI[0]
+    return Hibari(voice="heart", threads=1)
 
 
 def warp_envelope(frames: np.ndarray, factor: float) -> np.ndarray:
