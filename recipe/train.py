@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -150,14 +151,33 @@ def command_line(args: argparse.Namespace) -> str:
     return "python -m recipe.train " + " ".join(parts)
 
 
-def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int, pad_s: float = 0.0) -> Path:
+def augment_config(tcfg: dict[str, Any]) -> AugmentConfig:
+    """The waveform augmentation a train config asks for: defaults, ``silence_pad_s``, then its ``augment`` keys.
+
+    ``augment`` overrides `AugmentConfig` fields by name (e.g. ``{"p_noise": 0}`` for an ablation without noise);
+    an unknown name is an error rather than a silently ignored typo.
+    """
+    overrides = dict(tcfg.get("augment", {}))
+    unknown = overrides.keys() - {f.name for f in dataclasses.fields(AugmentConfig)}
+    if unknown:
+        raise ValueError(f"unknown augment setting(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(AugmentConfig)]}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return dataclasses.replace(AugmentConfig(pad_s=float(tcfg.get("silence_pad_s", 0.0))), **overrides)
+
+
+def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int,
+                aug: AugmentConfig = AugmentConfig()) -> Path:
     """Cache folder named by everything the features depend on, the manifest's content included.
 
     Finished parts are reused on resume, so a manifest rewritten in place (a re-synthesised corpus)
-    must get a new folder rather than features of other audio.
+    must get a new folder rather than features of other audio. Augmentation settings other than the
+    defaults and the silence padding join the key only when set, so earlier caches keep their names.
     """
     content = hashlib.sha1(Path(manifest).read_bytes()).hexdigest()
-    key = hashlib.sha1(f"{content}|{copies}|{augment}|{seed}|{pad_s}".encode()).hexdigest()[:10]
+    changed = {f.name: getattr(aug, f.name) for f in dataclasses.fields(aug)
+               if f.name != "pad_s" and getattr(aug, f.name) != f.default}
+    extra = f"|{sorted(changed.items())}" if changed and augment else ""
+    key = hashlib.sha1(f"{content}|{copies}|{augment}|{seed}|{aug.pad_s}{extra}".encode()).hexdigest()[:10]
     return work / f"{Path(manifest).stem}-{key}"
 
 
@@ -193,9 +213,9 @@ def main() -> None:
         log.flush()
         tqdm.write(json.dumps(entry))
 
-    pad_s = float(tcfg.get("silence_pad_s", 0.0))
-    train_dirs = [prepare(m, feature_dir(work, m, tcfg["feature_copies"], True, tcfg["seed"], pad_s),
-                          tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=AugmentConfig(pad_s=pad_s))
+    aug = augment_config(tcfg)
+    train_dirs = [prepare(m, feature_dir(work, m, tcfg["feature_copies"], True, tcfg["seed"], aug),
+                          tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=aug)
                   for m in a.train]
     dev_dir = prepare(a.dev, feature_dir(work, a.dev, 1, False, 0), 1, a.jobs, 0, do_augment=False)
 

@@ -15,7 +15,7 @@ import torch
 
 from model.recognizer import Recognizer
 from recipe.augment import AugmentConfig, augment, convolve, mix_at_snr
-from recipe.train import feature_dir, learning_rate, noam_lr, spec_augment
+from recipe.train import augment_config, feature_dir, learning_rate, noam_lr, spec_augment
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["open the door", "turn on the light", "call my sister", "play some music"]
@@ -81,9 +81,20 @@ def test_feature_cache_follows_the_manifest_content_and_the_settings(tmp_path: P
     manifest.write_text('{"audio": "a.wav", "text": "one", "duration": 1.0, "voice": "x"}\n')
     first = feature_dir(tmp_path, str(manifest), 3, True, 0)
     assert feature_dir(tmp_path, str(manifest), 3, True, 0) == first
-    assert len({first, feature_dir(tmp_path, str(manifest), 2, True, 0), feature_dir(tmp_path, str(manifest), 3, True, 0, 1.0)}) == 3
+    padded = feature_dir(tmp_path, str(manifest), 3, True, 0, AugmentConfig(pad_s=1.0))
+    no_noise = feature_dir(tmp_path, str(manifest), 3, True, 0, AugmentConfig(p_noise=0.0))
+    assert len({first, feature_dir(tmp_path, str(manifest), 2, True, 0), padded, no_noise}) == 4
     manifest.write_text('{"audio": "a.wav", "text": "two", "duration": 1.0, "voice": "x"}\n')  # rewritten in place
     assert feature_dir(tmp_path, str(manifest), 3, True, 0) != first
+
+
+def test_train_config_overrides_augmentation_by_name() -> None:
+    assert augment_config({}) == AugmentConfig()
+    assert augment_config({"silence_pad_s": 1.0}) == AugmentConfig(pad_s=1.0)
+    ablated = augment_config({"silence_pad_s": 1.0, "augment": {"p_noise": 0, "speed": [1.0, 1.0]}})
+    assert ablated == AugmentConfig(pad_s=1.0, p_noise=0, speed=(1.0, 1.0))
+    with pytest.raises(ValueError, match="p_nosie"):
+        augment_config({"augment": {"p_nosie": 0}})
 
 
 def test_spec_augment_masks_within_each_utterance() -> None:
@@ -156,20 +167,45 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     assert tuned_cfg["provenance"]["init"]["provenance"]["steps"] == 120
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").glob("*.json")),
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").rglob("*.json")),
                          ids=lambda p: p.name)
 def test_every_shipped_training_config_is_complete_and_builds(config: Path) -> None:
     """The GPU and stage-2 configs are not exercised by a CPU run: at least they must load and build."""
     from model.config import ModelConfig
     from model.transformer import SpeechTransformer
 
-    reference = json.loads((config.parent / "default.json").read_text())
+    reference = json.loads((ROOT / "recipe" / "configs" / "default.json").read_text())
     conf = json.loads(config.read_text())
     assert conf.keys() == reference.keys()
-    optional = {"cooldown_from", "cooldown_to", "silence_pad_s"}
+    optional = {"cooldown_from", "cooldown_to", "silence_pad_s", "augment"}
     for section in conf:
         assert conf[section].keys() - optional == reference[section].keys(), section
+    augment_config(conf["train"])  # known augmentation names only
     window = [conf["train"].get(k) for k in ("cooldown_from", "cooldown_to")]
     assert window == [None, None] or 0 <= window[0] < window[1], "a cool-down needs both ends, in order"
     net = SpeechTransformer(ModelConfig(vocab_size=conf["tokenizer"]["vocab_size"], **conf["model"]))
     assert sum(p.numel() for p in net.parameters()) > 1_000_000
+
+
+def test_corrupted_eval_set_is_reproducible_and_at_the_asked_snr(tmp_path: Path) -> None:
+    from recipe.corrupt import corrupt_manifest
+    from recipe.manifest import read_manifest
+
+    clean = read_manifest(ROOT / "tests" / "fixtures" / "clips.jsonl")[:4]
+    manifest = tmp_path / "clean.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(u.audio), "text": u.text, "voice": u.voice}) + "\n" for u in clean))
+    noisy = read_manifest(corrupt_manifest(manifest, tmp_path / "a", snr_db=10.0))
+    assert [u.text for u in noisy] == [u.text for u in clean]
+    for u, n in zip(clean, noisy):  # every noise kind (white, pink, brown, babble) lands at 10 dB
+        x, _ = sf.read(str(u.audio), dtype="float32")
+        y, _ = sf.read(str(n.audio), dtype="float32")
+        k = float(np.dot(y, x) / np.dot(x, x))
+        snr = 10 * np.log10(np.sum((k * x) ** 2) / np.sum((y - k * x) ** 2))
+        assert 9.0 < snr < 11.0, (n.audio, snr)
+    again = read_manifest(corrupt_manifest(manifest, tmp_path / "b", snr_db=10.0))
+    assert all(a.audio.read_bytes() == b.audio.read_bytes() for a, b in zip(noisy, again))
+    reverberant = read_manifest(corrupt_manifest(manifest, tmp_path / "c", rt60=0.5))
+    y, _ = sf.read(str(reverberant[0].audio), dtype="float32")
+    assert y.size == sf.info(str(clean[0].audio)).frames
+    with pytest.raises(ValueError, match="snr-db"):
+        corrupt_manifest(manifest, tmp_path / "d")
