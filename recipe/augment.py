@@ -84,6 +84,18 @@ def babble(n: int, others: list[np.ndarray], rng: np.random.Generator) -> np.nda
     return out
 
 
+NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+
+def make_noise(kind: str, n: int, rate: int, rng: np.random.Generator, others: list[np.ndarray] | None = None) -> np.ndarray:
+    """``n`` samples of one noise kind: white/pink/brown, mains hum, or babble of ``others`` (pink without them)."""
+    if kind == "babble" and others:
+        return babble(n, others, rng)
+    if kind == "hum":
+        return hum(n, rate, rng)
+    return colored_noise(n, NOISE_EXPONENTS.get(kind, 1.0), rng)
+
+
 def augment(
     wave: np.ndarray, rate: int, rng: np.random.Generator, cfg: AugmentConfig, others: list[np.ndarray] | None = None
 ) -> tuple[np.ndarray, float]:
@@ -104,14 +116,11 @@ def augment(
         rir = room_impulse(rate, rng, float(rng.uniform(*cfg.rt60)))
         y = convolve(y, rir)
     if rng.random() < cfg.p_noise:
-        kind = rng.choice(["white", "pink", "brown", "hum", "babble"])
+        kind = str(rng.choice(["white", "pink", "brown", "hum", "babble"]))
+        picks = None
         if kind == "babble" and others:
             picks = [others[int(i)] for i in rng.integers(0, len(others), size=int(rng.integers(2, 6)))]
-            noise = babble(y.size, picks, rng)
-        elif kind == "hum":
-            noise = hum(y.size, rate, rng)
-        else:
-            noise = colored_noise(y.size, {"white": 0.0, "pink": 1.0, "brown": 2.0}.get(str(kind), 1.0), rng)
+        noise = make_noise(kind, y.size, rate, rng, picks)
         y = mix_at_snr(y, noise, float(rng.uniform(*cfg.snr_db)))
     peak = float(np.abs(y).max()) + 1e-9
     target = min(10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.5, 0.99)

@@ -18,7 +18,7 @@ import soundfile as sf
 
 from model.audio import decode_audio
 
-from .augment import babble, colored_noise, convolve, mix_at_snr, room_impulse
+from .augment import convolve, make_noise, mix_at_snr, room_impulse
 from .manifest import read_manifest, write_jsonl
 
 RATE = 16000
@@ -42,12 +42,10 @@ def corrupt_manifest(manifest: str | Path, out_dir: str | Path, snr_db: float | 
             y = convolve(y, room_impulse(RATE, rng, rt60))
         if snr_db is not None:
             kind = NOISE_KINDS[i % len(NOISE_KINDS)]
+            others = None
             if kind == "babble":
                 others = [waves[int(j)] for j in rng.choice([j for j in range(len(waves)) if j != i] or [i], size=4)]
-                noise = babble(y.size, others, rng)
-            else:
-                noise = colored_noise(y.size, {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind], rng)
-            y = mix_at_snr(y, noise, snr_db)
+            y = mix_at_snr(y, make_noise(kind, y.size, RATE, rng, others), snr_db)
         y = y * (0.5 / (float(np.abs(y).max()) + 1e-9))
         name = f"wav/{i:06d}.wav"
         sf.write(str(out / name), y, RATE, subtype="PCM_16")

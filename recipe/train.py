@@ -157,11 +157,11 @@ def augment_config(tcfg: dict[str, Any]) -> AugmentConfig:
     ``augment`` overrides `AugmentConfig` fields by name (e.g. ``{"p_noise": 0}`` for an ablation without noise);
     an unknown name is an error rather than a silently ignored typo.
     """
-    overrides = dict(tcfg.get("augment", {}))
-    unknown = overrides.keys() - {f.name for f in dataclasses.fields(AugmentConfig)}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in tcfg.get("augment", {}).items()}
+    known = [f.name for f in dataclasses.fields(AugmentConfig)]
+    unknown = overrides.keys() - set(known)
     if unknown:
-        raise ValueError(f"unknown augment setting(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(AugmentConfig)]}")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        raise ValueError(f"unknown augment setting(s) {sorted(unknown)}; known: {known}")
     return dataclasses.replace(AugmentConfig(pad_s=float(tcfg.get("silence_pad_s", 0.0))), **overrides)
 
 
