@@ -156,7 +156,8 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     config["train"].update(peak_lr=0.0, snapshot_every=5)
     (tmp_path / "zero_lr.json").write_text(json.dumps(config))
     tuned = tmp_path / "tuned"
-    cmd = [sys.executable, "-m", "recipe.train", "--train", str(manifest), "--dev", str(manifest),
+    # A manifest listed twice is drawn from twice as often (how a small corpus is given more weight).
+    cmd = [sys.executable, "-m", "recipe.train", "--train", str(manifest), str(manifest), "--dev", str(manifest),
            "--config", str(tmp_path / "zero_lr.json"), "--out", str(tuned), "--work", str(tmp_path / "feats"),
            "--jobs", "1", "--max-steps", "10", "--init", str(out / "final")]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
@@ -165,6 +166,7 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     assert tuned_cfg["tokenizer"]["sha256"] == base_cfg["tokenizer"]["sha256"]
     assert tuned_cfg["weights"]["sha256"] == base_cfg["weights"]["sha256"]
     assert tuned_cfg["provenance"]["init"]["provenance"]["steps"] == 120
+    assert json.loads((tuned / "log.jsonl").read_text().splitlines()[0])["train_utts"] == 8
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").rglob("*.json")),
