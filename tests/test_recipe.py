@@ -211,3 +211,25 @@ def test_corrupted_eval_set_is_reproducible_and_at_the_asked_snr(tmp_path: Path)
     assert y.size == sf.info(str(clean[0].audio)).frames
     with pytest.raises(ValueError, match="snr-db"):
         corrupt_manifest(manifest, tmp_path / "d")
+
+
+def test_averaging_exports_gives_a_loadable_mean_and_refuses_mismatches(tmp_path: Path) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.testing import make_random_checkpoint
+    from recipe.average import average_checkpoints
+
+    a, b = make_random_checkpoint(tmp_path / "a", seed=0), make_random_checkpoint(tmp_path / "b", seed=1)
+    (a / "lm.arpa.gz").write_bytes(b"lm")
+    out = average_checkpoints([a, b], tmp_path / "soup")
+    models = [load_checkpoint(d).model.state_dict() for d in (a, b, out)]
+    for k, v in models[2].items():
+        assert torch.allclose(v, (models[0][k] + models[1][k]) / 2, atol=1e-6)
+    assert any(not torch.equal(models[0][k], models[2][k]) for k in models[2])  # the two seeds really differ
+    assert (out / "lm.arpa.gz").read_bytes() == b"lm"
+    assert len(json.loads((out / "config.json").read_text())["provenance"]["averaged"]) == 2
+
+    wider = make_random_checkpoint(tmp_path / "c", seed=2, d_ff=256)
+    with pytest.raises(ValueError, match="cannot average"):
+        average_checkpoints([a, wider], tmp_path / "bad")
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([a], tmp_path / "bad")

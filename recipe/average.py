@@ -1,0 +1,66 @@
+"""Average the weights of several exported checkpoints into one ("model soup").
+
+    python -m recipe.average --weights weights runs/stage12/final --out runs/soup
+
+Two fine-tunes of one base often sit in the same basin, and their mean can beat both. Only exports that share
+an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The word LM
+(``lm.arpa.gz``) of the first checkpoint is carried over when it has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import CONFIG, WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
+from recipe.state import average_snapshots
+
+LM_FILE = "lm.arpa.gz"
+
+
+def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
+    """What must agree for a weight average to mean anything: shapes, token inventory, input normalisation."""
+    sp = ckpt.tokenizer.sp
+    pieces = tuple((sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size()))
+    return (repr(ckpt.model.cfg), pieces, ckpt.cmvn_mean.tolist(), ckpt.cmvn_std.tolist())
+
+
+def average_checkpoints(sources: list[Path], out: Path) -> Path:
+    """Write the element-wise mean of ``sources`` to ``out`` as a normal, loadable export."""
+    if len(sources) < 2:
+        raise ValueError("give at least two checkpoints to average")
+    first = load_checkpoint(sources[0])  # loading also validates checksums and architecture
+    for src in sources[1:]:
+        if _signature(load_checkpoint(src)) != _signature(first):
+            raise ValueError(f"{src} differs from {sources[0]} in architecture, tokenizer or CMVN: cannot average")
+    first.model.load_state_dict(average_snapshots([s / WEIGHTS for s in sources]))
+    provenance = {"averaged": [{"path": str(s), "provenance": json.loads((s / CONFIG).read_text())["provenance"]}
+                               for s in sources],
+                  "command": "python -m recipe.average --weights " + " ".join(map(str, sources)) + f" --out {out}"}
+    ckpt = Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std, provenance,
+                      first.name)
+    save_checkpoint(out, ckpt)
+    if (sources[0] / LM_FILE).is_file():
+        shutil.copyfile(sources[0] / LM_FILE, out / LM_FILE)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", nargs="+", required=True, help="exported checkpoint directories")
+    p.add_argument("--out", required=True, help="directory for the averaged export")
+    a = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        out = average_checkpoints([Path(w) for w in a.weights], Path(a.out))
+    except ValueError as e:
+        p.error(str(e))
+    print(f"averaged {len(a.weights)} checkpoints into {out}")
+
+
+if __name__ == "__main__":
+    main()
