@@ -4,22 +4,18 @@
 
 Two fine-tunes of one base often sit in the same basin, and their mean can beat both. Only exports that share
 an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The word LM
-(``lm.arpa.gz``) of the first checkpoint is carried over when it has one.
+of the first checkpoint is carried over when it has one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-import torch
-
-from model.checkpoint import CONFIG, WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
+from model.checkpoint import WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
+from model.recognizer import LM_FILES
 from recipe.state import average_snapshots
-
-LM_FILE = "lm.arpa.gz"
 
 
 def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
@@ -33,19 +29,18 @@ def average_checkpoints(sources: list[Path], out: Path) -> Path:
     """Write the element-wise mean of ``sources`` to ``out`` as a normal, loadable export."""
     if len(sources) < 2:
         raise ValueError("give at least two checkpoints to average")
-    first = load_checkpoint(sources[0])  # loading also validates checksums and architecture
-    for src in sources[1:]:
-        if _signature(load_checkpoint(src)) != _signature(first):
+    first, *others = [load_checkpoint(s) for s in sources]  # loading validates checksums and architecture
+    for src, other in zip(sources[1:], others):
+        if _signature(other) != _signature(first):
             raise ValueError(f"{src} differs from {sources[0]} in architecture, tokenizer or CMVN: cannot average")
     first.model.load_state_dict(average_snapshots([s / WEIGHTS for s in sources]))
-    provenance = {"averaged": [{"path": str(s), "provenance": json.loads((s / CONFIG).read_text())["provenance"]}
-                               for s in sources],
+    provenance = {"averaged": [{"path": str(s), "provenance": c.provenance} for s, c in zip(sources, [first, *others])],
                   "command": "python -m recipe.average --weights " + " ".join(map(str, sources)) + f" --out {out}"}
-    ckpt = Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std, provenance,
-                      first.name)
-    save_checkpoint(out, ckpt)
-    if (sources[0] / LM_FILE).is_file():
-        shutil.copyfile(sources[0] / LM_FILE, out / LM_FILE)
+    save_checkpoint(out, Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std,
+                                    provenance, first.name))
+    lm = next((sources[0] / f for f in LM_FILES if (sources[0] / f).is_file()), None)
+    if lm is not None:
+        shutil.copyfile(lm, out / lm.name)
     return out
 
 
@@ -54,7 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", nargs="+", required=True, help="exported checkpoint directories")
     p.add_argument("--out", required=True, help="directory for the averaged export")
     a = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         out = average_checkpoints([Path(w) for w in a.weights], Path(a.out))
     except ValueError as e:
