@@ -56,7 +56,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         for a, b in plan_segments(detector, audio, rate, recognizer.max_segment_seconds):
             pieces.append(audio[a:b])
             owners.append(i)
-    options = DecodeOptions(beam_size=args.beam)
+    options = DecodeOptions() if args.beam is None else DecodeOptions(beam_size=args.beam)
     results = [r for i in range(0, len(pieces), BATCH) for r in recognizer.transcribe(pieces[i: i + BATCH], options)]
     texts: list[list[str]] = [[] for _ in args.files]
     for owner, result in zip(owners, results):
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="transcribe audio files locally, one line per file")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--weights", type=Path, help="checkpoint directory (default the shipped weights/)")
-    p.add_argument("--beam", type=int, default=5, help="beam width (default 5)")
+    p.add_argument("--beam", type=int, help="beam width (default: DecodeOptions.beam_size, 10)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(run=_transcribe)
 

@@ -135,7 +135,9 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         env = os.environ | {"ASR_WEIGHTS": str(weights), "ASR_MAX_BATCH_SIZE": str(max_batch),
                             "ASR_QUEUE_DEPTH": str(max(128, 8 * args.concurrency)), "ASR_LOG_LEVEL": "warning",
-                            "ASR_DEFAULT_BEAM_SIZE": str(args.beam or 5), "ASR_MAX_WAIT_MS": str(args.max_wait_ms)}
+                            "ASR_MAX_WAIT_MS": str(args.max_wait_ms)}
+        if args.beam:
+            env["ASR_DEFAULT_BEAM_SIZE"] = str(args.beam)
         if args.torch_threads:
             env["ASR_TORCH_THREADS"] = str(args.torch_threads)
         self._log = log.open("wb")

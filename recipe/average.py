@@ -1,8 +1,9 @@
 """Average the weights of several exported checkpoints into one ("model soup").
 
-    python -m recipe.average --weights weights runs/stage12/final --out runs/soup
+    python -m recipe.average --weights weights runs/stage12/final --out runs/soup [--mix 0.75 0.25]
 
-Two fine-tunes of one base often sit in the same basin, and their mean can beat both. Only exports that share
+Two fine-tunes of one base often sit in the same basin, and their mean can beat both; ``--mix`` weights the
+mean (normalised to sum to one), so the blend can lean towards the checkpoint that is better where it matters. Only exports that share
 an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The word LM
 of the first checkpoint is carried over when it has one.
 """
@@ -25,17 +26,22 @@ def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
     return (repr(ckpt.model.cfg), pieces, ckpt.cmvn_mean.tolist(), ckpt.cmvn_std.tolist())
 
 
-def average_checkpoints(sources: list[Path], out: Path) -> Path:
-    """Write the element-wise mean of ``sources`` to ``out`` as a normal, loadable export."""
+def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None = None) -> Path:
+    """Write the element-wise (``mix``-weighted) mean of ``sources`` to ``out`` as a normal, loadable export."""
     if len(sources) < 2:
         raise ValueError("give at least two checkpoints to average")
+    if mix is not None and (len(mix) != len(sources) or min(mix) < 0 or sum(mix) <= 0):
+        raise ValueError("--mix needs one non-negative weight per checkpoint, not all zero")
     first, *others = [load_checkpoint(s) for s in sources]  # loading validates checksums and architecture
     for src, other in zip(sources[1:], others):
         if _signature(other) != _signature(first):
             raise ValueError(f"{src} differs from {sources[0]} in architecture, tokenizer or CMVN: cannot average")
-    first.model.load_state_dict(average_snapshots([s / WEIGHTS for s in sources]))
+    first.model.load_state_dict(average_snapshots([s / WEIGHTS for s in sources], mix))
+    command = "python -m recipe.average --weights " + " ".join(map(str, sources)) + f" --out {out}"
+    if mix is not None:
+        command += " --mix " + " ".join(map(str, mix))
     provenance = {"averaged": [{"path": str(s), "provenance": c.provenance} for s, c in zip(sources, [first, *others])],
-                  "command": "python -m recipe.average --weights " + " ".join(map(str, sources)) + f" --out {out}"}
+                  "mix": mix, "command": command}
     save_checkpoint(out, Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std,
                                     provenance, first.name))
     lm = next((sources[0] / f for f in LM_FILES if (sources[0] / f).is_file()), None)
@@ -48,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", nargs="+", required=True, help="exported checkpoint directories")
     p.add_argument("--out", required=True, help="directory for the averaged export")
+    p.add_argument("--mix", type=float, nargs="+", help="one weight per checkpoint (default: equal)")
     a = p.parse_args(argv)
     try:
-        out = average_checkpoints([Path(w) for w in a.weights], Path(a.out))
+        out = average_checkpoints([Path(w) for w in a.weights], Path(a.out), a.mix)
     except ValueError as e:
         p.error(str(e))
     print(f"averaged {len(a.weights)} checkpoints into {out}")

@@ -66,7 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights")
     p.add_argument("--manifest", required=True, action="append", help="may be given several times")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, default=DecodeOptions.beam_size)
     p.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight)
     p.add_argument("--ctc-mode", choices=["prefix", "rescore"], default=DecodeOptions.ctc_mode)
     p.add_argument("--lm-weight", type=float, default=DecodeOptions.lm_weight,

@@ -2,6 +2,7 @@
 
     python -m recipe.lm --text data/text/train.txt --order 3 --out weights/lm.arpa.gz
     python -m recipe.lm --manifest train-clean-100.jsonl --out runs/ls/final/lm.arpa.gz   # a corpus's transcripts
+    python -m recipe.lm --text data/text/train.txt --general-english 100000 --out weights/lm.arpa.gz
 
 The recognizer re-ranks its beam's finished hypotheses with it (``model/lm.py``): the attention decoder has
 only seen the sentences that were synthesised, and most of its errors are misspelt words that a word model
@@ -14,6 +15,13 @@ n-gram (its *continuation* count), except for n-grams that start with ``<s>``, w
 which keep their plain counts. Each order subtracts an absolute discount ``D = n1 / (n1 + 2 n2)`` from every count
 and gives the freed mass to the next lower order; the unigrams interpolate with a uniform distribution over the
 vocabulary plus ``<unk>``, so an unseen word has a small, finite probability.
+
+``--general-english N`` replaces that uniform floor with the frequencies of the N commonest English words
+(``wordfreq``, counted over books, news, subtitles and the web): the unigram mass Kneser-Ney sets aside for words
+the domain text never used then goes to real words in proportion to how common they are, instead of equally to
+every string. Most of the recogniser's errors on rare words are misspellings ("octipus", "champian"); with this
+floor a real rare word outscores its misspelling, which falls to ``<unk>``. Only word frequencies are used (no
+sentences), so nothing of the dev/test text can leak in.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import argparse
 import gzip
 import io
 import math
+import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from model.lm import BOS, EOS, UNK
@@ -60,14 +69,34 @@ def adjusted_counts(sentences: Iterable[list[str]], order: int) -> list[Counter[
     return counts
 
 
-def estimate(sentences: Iterable[list[str]], order: int = 3) -> list[dict[Ngram, tuple[float, float | None]]]:
-    """``table[n][ngram] = (log10 p(last word | the rest), log10 backoff weight or None)`` for n = 1..order."""
+def estimate(
+    sentences: Iterable[list[str]],
+    order: int = 3,
+    background: Mapping[str, float] | None = None,
+    background_share: float = 0.99,
+) -> list[dict[Ngram, tuple[float, float | None]]]:
+    """``table[n][ngram] = (log10 p(last word | the rest), log10 backoff weight or None)`` for n = 1..order.
+
+    ``background``: word -> frequency of a general vocabulary. The unigrams' floor becomes ``background_share`` x
+    those frequencies (normalised) plus the rest spread evenly over the whole vocabulary and ``<unk>``; its words
+    join the vocabulary even when the text never used them.
+    """
     if order < 1:
         raise ValueError("order must be >= 1")
     counts = adjusted_counts(sentences, order)
     if not counts[1]:
         raise ValueError("no text to estimate from")
-    vocab = {g[0] for g in counts[1]} | {EOS, UNK}
+    background = {w: f for w, f in (background or {}).items() if f > 0 and w not in (BOS, EOS, UNK)}
+    vocab = {g[0] for g in counts[1]} | set(background) | {EOS, UNK}
+    vocab.discard(BOS)
+    share = background_share if background else 0.0
+    if not 0.0 <= share < 1.0:
+        raise ValueError("background_share must be in [0, 1)")
+    total_bg = sum(background.values())
+
+    def floor(word: str) -> float:
+        return share * background.get(word, 0.0) / total_bg + (1.0 - share) / len(vocab) if background else 1.0 / len(vocab)
+
     # Per order: the discount, each context's total and its number of distinct followers.
     discounts = [0.0] + [_discount(counts[n]) for n in range(1, order + 1)]
     totals: list[dict[Ngram, int]] = [defaultdict(int) for _ in range(order + 1)]
@@ -82,10 +111,9 @@ def estimate(sentences: Iterable[list[str]], order: int = 3) -> list[dict[Ngram,
         return discounts[n] * types[n][context] / totals[n][context]
 
     probs: list[dict[Ngram, float]] = [{} for _ in range(order + 1)]
-    uniform = 1.0 / len(vocab)
-    for gram, c in counts[1].items():
-        probs[1][gram] = max(c - discounts[1], 0.0) / totals[1][()] + gamma(1, ()) * uniform
-    probs[1][(UNK,)] = gamma(1, ()) * uniform
+    for word in vocab:  # counted words get their discounted share; every word gets the floor's share
+        c = counts[1].get((word,), 0)
+        probs[1][(word,)] = max(c - discounts[1], 0.0) / totals[1][()] + gamma(1, ()) * floor(word)
     for n in range(2, order + 1):
         for gram, c in counts[n].items():
             lower = probs[n - 1][gram[1:]]  # every suffix of a counted n-gram is itself counted
@@ -119,6 +147,18 @@ def write_arpa(table: list[dict[Ngram, tuple[float, float | None]]], path: str |
     return path
 
 
+TRANSCRIPT_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")  # what a normalised transcript's words look like
+
+
+def general_english(n_words: int) -> dict[str, float]:
+    """Frequencies of the ``n_words`` commonest English words that a transcript can hold (wordfreq's large list)."""
+    from wordfreq import top_n_list, word_frequency  # a recipe dependency; the server only reads the ARPA file
+
+    listed = top_n_list("en", 2 * n_words, wordlist="large")
+    words = [w for w in listed if TRANSCRIPT_WORD.fullmatch(w)][:n_words]
+    return {w: word_frequency(w, "en", wordlist="large") for w in words}
+
+
 def read_sentences(path: str | Path) -> list[list[str]]:
     return [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -130,13 +170,15 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, action="append", default=[],
                     help="a JSONL manifest whose 'text' fields to use (repeatable)")
     ap.add_argument("--order", type=int, default=3)
+    ap.add_argument("--general-english", type=int, default=0, metavar="N",
+                    help="floor the unigrams with the frequencies of the N commonest English words (0: uniform)")
     ap.add_argument("--out", type=Path, required=True, help="ARPA file to write (.gz to compress)")
     a = ap.parse_args()
     if not a.text and not a.manifest:
         ap.error("give at least one --text or --manifest")
     sentences = [s for path in a.text for s in read_sentences(path)]
     sentences += [u.text.split() for path in a.manifest for u in read_manifest(path) if u.text.strip()]
-    table = estimate(sentences, a.order)
+    table = estimate(sentences, a.order, general_english(a.general_english) if a.general_english else None)
     out = write_arpa(table, a.out)
     sizes = ", ".join(f"{len(table[n])} {n}-grams" for n in range(1, len(table)))
     print(f"{len(sentences)} sentences -> {out} ({sizes}, {out.stat().st_size / 1e6:.1f} MB)")

@@ -40,10 +40,13 @@ def load_state(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     return meta
 
 
-def average_snapshots(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of several weight snapshots (checkpoint averaging)."""
+def average_snapshots(paths: list[Path], mix: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several weight snapshots (checkpoint averaging); ``mix`` weights them (normalised)."""
+    mix = mix or [1.0] * len(paths)
+    if len(mix) != len(paths) or min(mix) < 0 or sum(mix) <= 0:
+        raise ValueError("give one non-negative weight per snapshot, not all zero")
     avg: dict[str, torch.Tensor] = {}
-    for p in paths:
+    for p, w in zip(paths, mix):
         for k, v in load_file(str(p)).items():
-            avg[k] = avg.get(k, 0) + v.double()
-    return {k: (v / len(paths)).float() for k, v in avg.items()}
+            avg[k] = avg.get(k, 0) + w * v.double()
+    return {k: (v / sum(mix)).float() for k, v in avg.items()}

@@ -64,6 +64,29 @@ def test_the_arpa_file_is_reproducible(tmp_path: Path) -> None:
     assert NgramLM.load(a).score("the cat") == NgramLM.load(write_arpa(table, tmp_path / "c.arpa")).score("the cat")
 
 
+def test_a_general_vocabulary_floor_ranks_real_words_above_misspellings(tmp_path: Path) -> None:
+    """Words the text never used get the floor's mass by frequency: a real word beats a non-word (``<unk>``)."""
+    background = {"the": 5e-2, "octopus": 2e-6, "zebra": 1e-6, "mat": 1e-5}
+    table = estimate([s.split() for s in TEXT], order=3, background=background)
+    lm = NgramLM.load(write_arpa(table, tmp_path / "lm.arpa"))
+    vocab = sorted({w for s in TEXT for w in s.split()} | set(background) | {"</s>", "<unk>"})
+    for context in (["<s>"], ["on", "the"], ["zebra", "octopus"], []):  # still a distribution, new words included
+        assert sum(math.exp(lm.log_prob(w, context)) for w in vocab) == pytest.approx(1.0, abs=1e-4), context
+    assert lm.log_prob("octopus", ["the"]) > lm.log_prob("zebra", ["the"]) > lm.log_prob("octipus", ["the"])
+    assert lm.score("the octopus sat on the mat") > lm.score("the octipus sat on the mat")
+    plain = NgramLM.load(write_arpa(estimate([s.split() for s in TEXT], order=3), tmp_path / "plain.arpa"))
+    assert plain.log_prob("octopus", ["the"]) == plain.log_prob("octipus", ["the"])  # uniform floor: both <unk>
+
+
+def test_the_general_english_list_is_in_transcript_form() -> None:
+    from recipe.lm import TRANSCRIPT_WORD, general_english
+
+    words = general_english(5000)
+    assert len(words) == 5000 and all(TRANSCRIPT_WORD.fullmatch(w) for w in words)
+    assert next(iter(words)) == "the" and "don't" in words and "don\u2019t" not in words
+    assert list(words.values()) == sorted(words.values(), reverse=True)  # commonest first
+
+
 def test_the_command_line_reads_text_files_and_manifests(tmp_path: Path) -> None:
     text = tmp_path / "sentences.txt"
     text.write_text("\n".join(TEXT[:3]) + "\n")

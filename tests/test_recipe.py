@@ -233,3 +233,10 @@ def test_averaging_exports_gives_a_loadable_mean_and_refuses_mismatches(tmp_path
         average_checkpoints([a, wider], tmp_path / "bad")
     with pytest.raises(ValueError, match="at least two"):
         average_checkpoints([a], tmp_path / "bad")
+    leaning = average_checkpoints([a, b], tmp_path / "leaning", mix=[3, 1])  # weights normalised: 0.75 / 0.25
+    mixed = load_checkpoint(leaning).model.state_dict()
+    for k, v in mixed.items():
+        assert torch.allclose(v, 0.75 * models[0][k] + 0.25 * models[1][k], atol=1e-6)
+    assert json.loads((leaning / "config.json").read_text())["provenance"]["mix"] == [3, 1]
+    with pytest.raises(ValueError, match="one non-negative weight"):
+        average_checkpoints([a, b], tmp_path / "bad", mix=[1.0])
