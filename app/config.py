@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     lm_weight: float = Field(DecodeOptions.lm_weight, ge=0, le=1,
                              description="weight of the word language model (lm.arpa.gz beside the weights) when "
                                          "re-ranking the beam; 0 turns it off")
+    lm_fusion_weight: float = Field(DecodeOptions.lm_fusion_weight, ge=0, le=1,
+                                    description="weight of the word language model inside the beam search "
+                                                "(shallow fusion at word boundaries); 0 turns it off")
+    lm_fusion_bonus: float = Field(DecodeOptions.lm_fusion_bonus, ge=0, le=20,
+                                   description="fusion: added to each completed word's LM log-probability")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
 
     # WebSocket streaming
@@ -68,7 +73,8 @@ class Settings(BaseSettings):
     def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
         return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
-                             ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode, lm_weight=self.lm_weight)
+                             ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode, lm_weight=self.lm_weight,
+                             lm_fusion_weight=self.lm_fusion_weight, lm_fusion_bonus=self.lm_fusion_bonus)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

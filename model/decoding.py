@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .ctc_prefix import CTCPrefixScorer
+from .lm_fusion import WordLMFusion
 from .transformer import SpeechTransformer, padding_mask
 
 IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below every possible one but stay comparable
@@ -41,6 +42,12 @@ class DecodeOptions:
     # weight of a word language model's log-probability when the recognizer re-ranks the finished beam (used only
     # when the checkpoint has one: model/lm.py)
     lm_weight: float = 0.02
+    # weight of the word LM inside the search (shallow fusion at word boundaries, model/lm_fusion.py), on top of the
+    # re-ranking; 0 = off. 0.1 with bonus 3 was the best beam-5 setting on the dev sets (weights/README.md)
+    lm_fusion_weight: float = 0.1
+    # added to each completed word's LM log-probability in fusion: without it, gluing words into one long unknown
+    # word (one LM penalty instead of several) pays
+    lm_fusion_bonus: float = 3.0
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
 
     def __post_init__(self) -> None:
@@ -52,6 +59,10 @@ class DecodeOptions:
             raise ValueError("ctc_weight must be in [0, 1]")
         if not 0.0 <= self.lm_weight <= 1.0:
             raise ValueError("lm_weight must be in [0, 1]")
+        if not 0.0 <= self.lm_fusion_weight <= 1.0:
+            raise ValueError("lm_fusion_weight must be in [0, 1]")
+        if not 0.0 <= self.lm_fusion_bonus <= 20.0:
+            raise ValueError("lm_fusion_bonus must be in [0, 20]")
         if self.ctc_mode not in ("prefix", "rescore"):
             raise ValueError("ctc_mode must be 'prefix' or 'rescore'")
 
@@ -75,6 +86,7 @@ def beam_search(
     lengths: torch.Tensor,
     opts: DecodeOptions,
     ctc_logprobs: torch.Tensor | None = None,
+    fusion: WordLMFusion | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode every utterance of ``memory`` ``(B, T, d)``; returns its ``opts.n_best`` hypotheses, best first."""
     cfg, dec = model.cfg, model.decoder
@@ -101,6 +113,8 @@ def beam_search(
     last = torch.full((batch * beams,), cfg.sos_id, dtype=torch.long, device=device)
     cache = dec.new_cache(batch * beams, steps, device, mem_kv[0][0].dtype) if opts.use_cache else None
     finished: list[list[_Finished]] = [[] for _ in range(batch)]
+    if fusion is not None:
+        fusion.start(batch * beams)
 
     for t in range(steps):
         n = len(active)
@@ -129,6 +143,10 @@ def beam_search(
             ctc_gain = torch.where(torch.isfinite(cand_ctc), cand_ctc - ctc_prev.view(n, beams, 1), IMPOSSIBLE)
             gain, per_beam = (1 - weight) * att_top + weight * ctc_gain, width
             logp = att_top
+        if fusion is not None:
+            cands = cand_tokens.view(n * beams, width) if cand_tokens is not None else \
+                torch.arange(vocab, device=device).expand(n * beams, vocab)
+            gain = gain + fusion.bonus(cands).view(n, beams, -1)
         cand = (scores[:, :, None] + gain).view(n, -1)
         top_scores, top_idx = cand.topk(2 * beams, dim=1)
         parent, col = top_idx // per_beam, top_idx % per_beam
@@ -162,6 +180,8 @@ def beam_search(
             cache.select(rows)
         if prefix is not None:
             ctc_prev = prefix.select(rows, col[keep_u].flatten())
+        if fusion is not None:
+            fusion.select(rows.tolist(), last.tolist())
         if keep_u.numel() < n:
             mem_kv = [(k[keep_u], v[keep_u]) for k, v in mem_kv]
             mask, max_len_t = mask[keep_u], max_len_t[keep_u]

@@ -15,6 +15,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import DecodeOptions, Hypothesis, beam_search
 from .features import FilterbankFeatures, GlobalCMVN
 from .lm import NgramLM
+from .lm_fusion import WordLMFusion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LM_FILES = ("lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
@@ -120,9 +121,14 @@ class Recognizer:
             return []
         opts = options or DecodeOptions()
         rerank = self.lm is not None and opts.lm_weight > 0 and opts.beam_size > 1
+        fusion = None
+        if self.lm is not None and opts.lm_fusion_weight > 0 and opts.beam_size > 1:
+            fusion = WordLMFusion(self.lm, self.tokenizer, opts.lm_fusion_weight, self.model.cfg.eos_id,
+                                  opts.lm_fusion_bonus)
         memory, lengths, ctc = self.encode(waveforms)
         with self._autocast():
-            nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc)
+            nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc,
+                                fusion)
         results = []
         for i, (wav, hyps) in enumerate(zip(waveforms, nbest)):
             scored = [(self.tokenizer.decode(h.tokens), h.score, h) for h in hyps]

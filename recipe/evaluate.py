@@ -69,6 +69,10 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=DecodeOptions.beam_size)
     p.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight)
     p.add_argument("--ctc-mode", choices=["prefix", "rescore"], default=DecodeOptions.ctc_mode)
+    p.add_argument("--lm-fusion-weight", type=float, default=DecodeOptions.lm_fusion_weight,
+                   help="weight of the word LM inside the beam search (shallow fusion); 0 = off")
+    p.add_argument("--lm-fusion-bonus", type=float, default=DecodeOptions.lm_fusion_bonus,
+                   help="fusion: added to each completed word's LM log-probability")
     p.add_argument("--lm-weight", type=float, default=DecodeOptions.lm_weight,
                    help="word LM weight when re-ranking the beam (0 = none)")
     p.add_argument("--lm", default="auto", help="ARPA word LM: 'auto' (the one beside the weights, if any), a path, "
@@ -80,7 +84,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     rec = Recognizer.load(a.weights, device="cpu", lm=None if a.lm == "none" else a.lm)
-    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode, lm_weight=a.lm_weight)
+    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode, lm_weight=a.lm_weight,
+                         lm_fusion_weight=a.lm_fusion_weight, lm_fusion_bonus=a.lm_fusion_bonus)
     reports = []
     for m in a.manifest:
         r = evaluate(rec, m, opts, a.batch_size)

@@ -131,10 +131,14 @@ def test_decode_settings_become_each_requests_options(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ASR_CTC_WEIGHT", "0.5")
     monkeypatch.setenv("ASR_CTC_MODE", "rescore")
     monkeypatch.setenv("ASR_DEFAULT_BEAM_SIZE", "3")
+    monkeypatch.setenv("ASR_LM_FUSION_WEIGHT", "0.2")
+    monkeypatch.setenv("ASR_LM_FUSION_BONUS", "1.5")
     s = Settings()
-    assert s.decoding() == DecodeOptions(beam_size=3, ctc_weight=0.5, ctc_mode="rescore")
-    assert s.decoding(7, n_best=2) == DecodeOptions(beam_size=7, n_best=2, ctc_weight=0.5, ctc_mode="rescore")
-    for name, bad in (("ASR_CTC_MODE", "shallow"), ("ASR_CTC_WEIGHT", "1.5")):
+    lm = {"lm_fusion_weight": 0.2, "lm_fusion_bonus": 1.5}
+    assert s.decoding() == DecodeOptions(beam_size=3, ctc_weight=0.5, ctc_mode="rescore", **lm)
+    assert s.decoding(7, n_best=2) == DecodeOptions(beam_size=7, n_best=2, ctc_weight=0.5, ctc_mode="rescore", **lm)
+    for name, bad in (("ASR_CTC_MODE", "shallow"), ("ASR_CTC_WEIGHT", "1.5"), ("ASR_LM_FUSION_WEIGHT", "2"),
+                      ("ASR_LM_FUSION_BONUS", "-1")):
         monkeypatch.setenv(name, bad)
         with pytest.raises(ValueError):
             Settings()

@@ -1,0 +1,70 @@
+"""Word-LM shallow fusion: the word language model joins the beam search at every word boundary.
+
+Re-ranking the finished beam (``model/recognizer.py``) can only choose among hypotheses the decoder kept; a
+misspelling that the decoder prefers early pushes the right spelling out of the beam before the LM sees it.
+Fusion adds ``weight x ln p(word | two words before)`` to a hypothesis's score the moment the word is complete:
+when the next token opens a new word (a ``▁`` piece) or ends the sentence (then ``ln p(</s> | ...)`` too). A
+word's score depends only on the hypothesis's own words, so it is one lookup per live hypothesis per step, the
+same for every word-opening candidate token; the rest is a broadcast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .lm import BOS, EOS, NgramLM
+from .tokenizer import WORD_START, Tokenizer
+
+
+class WordLMFusion:
+    """Per-row word state of a beam search (the words so far and the unfinished one), in the search's row order."""
+
+    def __init__(self, lm: NgramLM, tokenizer: Tokenizer, weight: float, eos_id: int, word_bonus: float = 0.0) -> None:
+        self.lm, self.weight, self.eos_id, self.word_bonus = lm, weight, eos_id, word_bonus
+        size = tokenizer.vocab_size
+        self._pieces = [tokenizer.sp.id_to_piece(i) for i in range(size)]
+        self._opens = torch.tensor([tokenizer.starts_word(i) for i in range(size)])
+        self._specials = {i for i in range(size) if tokenizer.sp.is_control(i) or tokenizer.sp.is_unknown(i)}
+        self._memo: dict[tuple[tuple[str, ...], str], float] = {}
+        self.rows: list[tuple[tuple[str, ...], str]] = []
+
+    def start(self, rows: int) -> None:
+        self.rows = [((BOS,), "")] * rows
+
+    def _word_logp(self, context: tuple[str, ...], word: str) -> float:
+        key = (context, word)
+        if key not in self._memo:
+            self._memo[key] = self.lm.log_prob(word, list(context))
+        return self._memo[key]
+
+    def bonus(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(rows, k)`` score additions for extending each row by each of its candidate ``tokens`` ``(rows, k)``."""
+        closes = torch.zeros(len(self.rows))  # the unfinished word, scored: what a word-opening token adds
+        ends = torch.zeros(len(self.rows))  # ... plus the end of the sentence: what the end token adds
+        for r, (context, partial) in enumerate(self.rows):
+            if partial:
+                closes[r] = self._word_logp(context, partial) + self.word_bonus
+                context = (*context, partial)[-(self.lm.order - 1) :] if self.lm.order > 1 else ()
+            ends[r] = closes[r] + self._word_logp(context, EOS)
+        tokens_cpu = tokens.cpu()
+        opens = self._opens[tokens_cpu]
+        out = torch.where(opens, closes[:, None], 0.0)
+        out = torch.where(tokens_cpu == self.eos_id, ends[:, None], out)
+        return (self.weight * out).to(tokens.device)
+
+    def select(self, rows: list[int], tokens: list[int]) -> None:
+        """Keep ``rows`` (indices into the current rows), each extended by its token."""
+        kept = []
+        for r, tok in zip(rows, tokens):
+            context, partial = self.rows[r]
+            piece = self._pieces[tok]
+            if tok in self._specials:
+                pass
+            elif piece.startswith(WORD_START):
+                if partial:
+                    context = (*context, partial)[-(self.lm.order - 1) :] if self.lm.order > 1 else ()
+                partial = piece[len(WORD_START) :]
+            else:
+                partial += piece
+            kept.append((context, partial))
+        self.rows = kept
