@@ -28,7 +28,7 @@ IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below ev
 @dataclass(frozen=True)
 class DecodeOptions:
     # 10, not 5: the word LM re-ranks what the beam finishes, and 10 hypotheses give it the right spelling far more
-    # often (weights/README.md, *Decoding*); 1.75x the search time of 5
+    # often (weights/README.md, *Stage 13*); ~1.7x the search time of 5
     beam_size: int = 10
     n_best: int = 1
     length_penalty: float = 1.0  # rank by score / len ** length_penalty (0 = raw log-probability)
