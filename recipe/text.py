@@ -136,9 +136,9 @@ def record_sentences(record: str) -> list[str]:
     return out
 
 
-def fortune_sentences(root: Path = FORTUNE_DIR) -> Iterator[str]:
-    """Every raw prose sentence of the fortune collections."""
-    for path in fortune_files(root):
+def fortune_sentences(paths: Iterable[Path] | None = None) -> Iterator[str]:
+    """Every raw prose sentence of the given fortune collections (default: Debian's, ``fortune_files()``)."""
+    for path in fortune_files() if paths is None else paths:
         for rec in fortune_records(path):
             yield from record_sentences(rec)
 
