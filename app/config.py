@@ -44,7 +44,7 @@ class Settings(BaseSettings):
                                                    description="CTC prefix scores in every beam step, or only "
                                                                "re-ranking the finished n-best (cheaper)")
     lm_weight: float = Field(DecodeOptions.lm_weight, ge=0, le=1,
-                             description="weight of the word language model (lm.arpa.gz beside the weights) when "
+                             description="weight of the word language model (lm.arpa.xz/.gz beside the weights) when "
                                          "re-ranking the beam; 0 turns it off")
     lm_fusion_weight: float = Field(DecodeOptions.lm_fusion_weight, ge=0, le=1,
                                     description="weight of the word language model inside the beam search "

@@ -9,6 +9,7 @@ decoder/CTC score and keeps the best.
 from __future__ import annotations
 
 import gzip
+import lzma
 import math
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class NgramLM:
     @classmethod
     def load(cls, path: str | Path) -> NgramLM:
         path = Path(path)
-        opener = gzip.open if path.suffix == ".gz" else open
+        opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
         entries: dict[str, tuple[float, float]] = {}
         order = n = 0  # n: the order of the section being read (0 outside the n-gram sections)
         try:
@@ -47,7 +48,7 @@ class NgramLM:
                         parts = line.split()
                         backoff = float(parts[n + 1]) if len(parts) > n + 1 else 0.0
                         entries[" ".join(parts[1 : n + 1])] = (float(parts[0]), backoff)
-        except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
+        except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, ValueError, IndexError) as e:
             raise ArpaError(f"{path}: not a readable ARPA file ({e})") from e
         if not order:
             raise ArpaError(f"{path}: no n-gram sections")

@@ -18,7 +18,7 @@ from .lm import NgramLM
 from .lm_fusion import WordLMFusion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LM_FILES = ("lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
+LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
 MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
 
 

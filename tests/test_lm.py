@@ -28,7 +28,7 @@ the mat is on the floor
 """.splitlines()
 
 
-@pytest.fixture(scope="module", params=["lm.arpa", "lm.arpa.gz"])
+@pytest.fixture(scope="module", params=["lm.arpa", "lm.arpa.gz", "lm.arpa.xz"])
 def lm(request, tmp_path_factory) -> NgramLM:
     path = write_arpa(estimate([s.split() for s in TEXT], order=3), tmp_path_factory.mktemp("lm") / request.param)
     return NgramLM.load(path)
@@ -38,7 +38,17 @@ def test_each_conditional_distribution_sums_to_one(lm: NgramLM) -> None:
     vocab = sorted({w for s in TEXT for w in s.split()} | {"</s>", "<unk>"})
     for context in (["<s>"], ["<s>", "the"], ["the", "cat"], ["on", "the"], ["mat", "is"], ["zebra", "xylophone"], []):
         total = sum(math.exp(lm.log_prob(w, context)) for w in vocab)
-        assert total == pytest.approx(1.0, abs=1e-4), context
+        assert total == pytest.approx(1.0, abs=5e-4), context  # the file keeps four decimals of log10
+
+
+def test_a_four_gram_model_is_a_distribution_and_uses_its_longest_context(tmp_path: Path) -> None:
+    lm = NgramLM.load(write_arpa(estimate([s.split() for s in TEXT], order=4), tmp_path / "lm4.arpa.xz"))
+    assert lm.order == 4
+    vocab = sorted({w for s in TEXT for w in s.split()} | {"</s>", "<unk>"})
+    for context in (["<s>", "the", "cat"], ["cat", "sat", "on"], ["zebra", "the", "cat"], ["on", "the"]):
+        assert sum(math.exp(lm.log_prob(w, context)) for w in vocab) == pytest.approx(1.0, abs=5e-4), context
+    # both contexts end in "on the"; only the four-gram "is on the floor" tells them apart
+    assert lm.log_prob("floor", ["is", "on", "the"]) > lm.log_prob("floor", ["sat", "on", "the"])
 
 
 def test_seen_word_orders_beat_scrambled_and_misspelt_ones(lm: NgramLM) -> None:
@@ -110,6 +120,11 @@ def test_unreadable_arpa_files_are_refused(tmp_path: Path) -> None:
     no_unk.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\tword\n\n\\end\\\n")
     with pytest.raises(ArpaError, match="<unk>"):
         NgramLM.load(no_unk)
+    good = write_arpa(estimate([s.split() for s in TEXT], order=2), tmp_path / "good.arpa.xz").read_bytes()
+    for name, data in (("cut.arpa.xz", good[: len(good) // 2]), ("fake.arpa.xz", b"not xz"), ("fake.arpa.gz", b"nope")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ArpaError):
+            NgramLM.load(tmp_path / name)
 
 
 def test_the_lm_reranks_the_finished_beam(tmp_path: Path) -> None:
