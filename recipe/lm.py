@@ -135,7 +135,7 @@ def write_arpa(table: list[dict[Ngram, tuple[float, float | None]]], path: str |
     with path.open("wb") as out:
         # gzip with mtime 0 and xz (no timestamp): the same text always gives the same bytes
         binary = (gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) if path.suffix == ".gz"
-                  else lzma.LZMAFile(out, "wb", preset=6) if path.suffix == ".xz" else out)
+                  else lzma.LZMAFile(out, "wb") if path.suffix == ".xz" else out)
         with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as f:
             f.write("\\data\\\n")
             for n in range(1, len(table)):
