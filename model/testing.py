@@ -22,7 +22,7 @@ def character_tokenizer(directory: Path) -> Tokenizer:
     return Tokenizer(train_tokenizer(text, directory / "chars", vocab_size=64, model_type="char"))
 
 
-def make_random_checkpoint(directory: str | Path, seed: int = 0, **sizes: int) -> Path:
+def make_random_checkpoint(directory: str | Path, seed: int = 0, **sizes: float) -> Path:
     """Save a tiny untrained model with a character tokenizer; ``sizes`` override ``ModelConfig`` fields."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ of the first checkpoint is carried over when it has one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,14 @@ from recipe.state import average_snapshots
 
 
 def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
-    """What must agree for a weight average to mean anything: shapes, token inventory, input normalisation."""
+    """What must agree for a weight average to mean anything: shapes, token inventory, input normalisation.
+
+    Dropout is left out: it acts only in training, so a fine-tune with more of it still shares its base's weights' meaning.
+    """
     sp = ckpt.tokenizer.sp
     pieces = tuple((sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size()))
-    return (repr(ckpt.model.cfg), pieces, ckpt.cmvn_mean.tolist(), ckpt.cmvn_std.tolist())
+    shape = dataclasses.replace(ckpt.model.cfg, dropout=0.0)
+    return (repr(shape), pieces, ckpt.cmvn_mean.tolist(), ckpt.cmvn_std.tolist())
 
 
 def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None = None) -> Path:

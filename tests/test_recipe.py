@@ -228,6 +228,9 @@ def test_averaging_exports_gives_a_loadable_mean_and_refuses_mismatches(tmp_path
     assert (out / "lm.arpa.gz").read_bytes() == b"lm"
     assert len(json.loads((out / "config.json").read_text())["provenance"]["averaged"]) == 2
 
+    more_dropout = make_random_checkpoint(tmp_path / "d", seed=3, dropout=0.2)  # training-only: still averageable
+    assert load_checkpoint(average_checkpoints([a, more_dropout], tmp_path / "drop")).model.cfg.dropout == \
+        load_checkpoint(a).model.cfg.dropout
     wider = make_random_checkpoint(tmp_path / "c", seed=2, d_ff=256)
     with pytest.raises(ValueError, match="cannot average"):
         average_checkpoints([a, wider], tmp_path / "bad")
