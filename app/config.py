@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(600.0, gt=0)
     default_beam_size: int = Field(DecodeOptions.beam_size, ge=1)
-    max_beam_size: int = Field(16, ge=1)
+    max_beam_size: int = Field(32, ge=1)
     ctc_weight: float = Field(DecodeOptions.ctc_weight, ge=0, le=1,
                               description="weight of the CTC head in the joint score (0 = attention only)")
     ctc_mode: Literal["prefix", "rescore"] = Field(DecodeOptions.ctc_mode,

@@ -48,7 +48,7 @@ def test_shipped_checkpoint_is_complete_and_small() -> None:
 
 
 def test_shipped_weights_transcribe_the_committed_clips_exactly(recognizer: Recognizer) -> None:
-    """With the default decoding (beam 10, joint CTC scoring, word LM fused and re-ranking), as the server runs it,
+    """With the default decoding (beam 16, joint CTC scoring, word LM fused and re-ranking), as the server runs it,
     and with beam 5."""
     items = clips()
     waves = [decode_audio(path.read_bytes(), recognizer.sample_rate)[0] for path, _ in items]
