@@ -23,7 +23,8 @@ from recipe.state import average_snapshots
 def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
     """What must agree for a weight average to mean anything: shapes, token inventory, input normalisation.
 
-    Dropout is left out: it acts only in training, so a fine-tune with more of it still shares its base's weights' meaning.
+    Dropout is left out: it acts only in training, so a fine-tune with more of it still shares its base's
+    weights' meaning.
     """
     sp = ckpt.tokenizer.sp
     pieces = tuple((sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size()))
