@@ -28,8 +28,8 @@ IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below ev
 @dataclass(frozen=True)
 class DecodeOptions:
     # 16: the word LM re-ranks what the beam finishes, and more hypotheses give it the right spelling more often
-    # (10 against 5: weights/README.md, *Stage 13*; 16 against 10 on the held-out voice: *Stage 16*); ~1.3x the
-    # search time of 10, ~2.2x that of 5
+    # (10 against 5: weights/README.md, *Stage 13*; 16 against 10 on the held-out voice: *Stage 16*); ~1.25x the
+    # decoding time of 10 one clip at a time, ~0.7x the server's throughput under load
     beam_size: int = 16
     n_best: int = 1
     length_penalty: float = 1.0  # rank by score / len ** length_penalty (0 = raw log-probability)
