@@ -8,6 +8,12 @@ transcript form, de-duplicated, shuffled with a fixed seed and split *by
 sentence* so that no dev/test sentence is ever heard in training.
 
     python -m recipe.text --out data/text
+
+The released models' text (stage 8 on) comes back byte for byte, on any machine with the listed
+pages, from the committed lists in ``recipe/text_sources``:
+
+    python -m recipe.text --out data/text --held-out recipe/text_sources \
+        --man-page-list recipe/text_sources/man_pages.txt --extra-man-pages 504
 """
 
 from __future__ import annotations
@@ -177,6 +183,18 @@ def man_pages_sample(max_pages: int, seed: int, per_family: int = 40) -> list[Pa
     return out
 
 
+def listed_man_pages(list_file: Path, root: Path = Path("/usr/share/man/man1")) -> tuple[list[Path], list[str]]:
+    """The pages named in ``list_file`` (one file name per line, in order) and the names missing here.
+
+    A seeded sample of the machine's pages moves whenever a package adds or drops one page, and with it
+    every sentence of the corpus; a committed list keeps the text the same on any machine with those pages.
+    """
+    names = [n.strip() for n in list_file.read_text(encoding="utf-8").splitlines() if n.strip()]
+    present = [root / n for n in names if (root / n).is_file()]
+    missing = [n for n in names if not (root / n).is_file()]
+    return present, missing
+
+
 def man_sentences(pages: list[Path], jobs: int = 2) -> Iterator[str]:
     """Prose sentences from rendered man pages (rendered with long lines: no wrapping to undo)."""
     with ThreadPoolExecutor(max_workers=jobs) as ex:
@@ -246,6 +264,26 @@ def split_corpus(
     return train, held[:n_dev], held[n_dev:]
 
 
+def pinned_split(
+    sentences: list[str], dev: list[str], test: list[str], seed: int
+) -> tuple[list[str], list[str], list[str]]:
+    """Train is every sentence but the given dev/test ones, in ``split_corpus``'s seeded order.
+
+    With the pool and the held-out lists of an earlier run this gives back that run's train list exactly;
+    with another pool it still never trains on a held-out sentence.
+    """
+    if set(dev) & set(test):
+        raise ValueError("dev and test share sentences")
+    held = set(dev) | set(test)
+    uniq = sorted(set(sentences))
+    random.Random(seed).shuffle(uniq)
+    return [s for s in uniq if s not in held], list(dev), list(test)
+
+
+def read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 def train_only(train: list[str], held: Collection[str], extra: Iterable[str]) -> list[str]:
     """``train`` plus the ``extra`` sentences that are neither in it nor held out, in order.
 
@@ -296,32 +334,60 @@ def main(argv: list[str] | None = None) -> None:
         help="mine this many further man pages (after the --man-pages ones, same sample order) for training "
         "text only: dev/test stay exactly as without them",
     )
+    ap.add_argument(
+        "--held-out",
+        type=Path,
+        help="folder with dev.txt and test.txt: use exactly these sentences as dev/test (--dev, --test, --seen "
+        "and --seen-lm are then unused); recipe/text_sources holds the sets every release since stage 7 is "
+        "scored on",
+    )
+    ap.add_argument(
+        "--man-page-list",
+        type=Path,
+        help="take the man pages named in this file, in its order, instead of a seeded sample of this "
+        "machine's pages (recipe/text_sources/man_pages.txt: the pages of the stage-8 text)",
+    )
     args = ap.parse_args(argv)
+
+    listed: list[Path] | None = None
+    if args.man_page_list:
+        listed, missing = listed_man_pages(args.man_page_list)
+        if missing:
+            print(f"man pages: {len(missing)} listed pages are not on this machine, e.g. {missing[:3]}")
+
+    def pages(start: int, stop: int) -> list[Path]:
+        return listed[start:stop] if listed is not None else man_pages_sample(stop, args.seed)[start:]
 
     fortunes = clean_sentences(fortune_sentences())
     print(f"fortunes: {len(fortunes)} clean sentences")
     sentences = list(fortunes)
     strata = dict.fromkeys(fortunes, "fortunes")
     if args.man_pages:
-        man = clean_sentences(man_sentences(man_pages_sample(args.man_pages, args.seed)))
+        man = clean_sentences(man_sentences(pages(0, args.man_pages)))
         known = set(fortunes)
         man = [s for s in man if s not in known]
         print(f"man pages: {len(man)} new clean sentences (up to {args.man_pages} pages)")
         sentences += man
         strata.update(dict.fromkeys(man, "man"))
 
-    seen = set(args.seen.read_text(encoding="utf-8").splitlines()) if args.seen else set()
-    if args.seen_lm:
-        lm = NgramLM.load(args.seen_lm)
-        seen |= {s for s in sentences if lm.lists_sentence(s)}
-    if seen:
-        print(f"seen: {len(seen & set(sentences))} sentences kept out of dev/test")
-    train, dev, test = split_corpus(sentences, args.dev, args.test, args.seed, seen=seen, strata=strata)
+    if args.held_out:
+        dev, test = read_lines(args.held_out / "dev.txt"), read_lines(args.held_out / "test.txt")
+        train, dev, test = pinned_split(sentences, dev, test, args.seed)
+        pool = set(sentences)
+        print(f"held out: {args.held_out}, {sum(s in pool for s in dev + test)} of its {len(dev + test)} in the pool")
+    else:
+        seen = set(args.seen.read_text(encoding="utf-8").splitlines()) if args.seen else set()
+        if args.seen_lm:
+            lm = NgramLM.load(args.seen_lm)
+            seen |= {s for s in sentences if lm.lists_sentence(s)}
+        if seen:
+            print(f"seen: {len(seen & set(sentences))} sentences kept out of dev/test")
+        train, dev, test = split_corpus(sentences, args.dev, args.test, args.seed, seen=seen, strata=strata)
     if args.extra_man_pages:
-        pages = man_pages_sample(args.man_pages + args.extra_man_pages, args.seed)[args.man_pages :]
+        extra_pages = pages(args.man_pages, args.man_pages + args.extra_man_pages)
         before = len(train)
-        train = train_only(train, dev + test, clean_sentences(man_sentences(pages)))
-        print(f"extra man pages: {len(train) - before} new training-only sentences from {len(pages)} pages")
+        train = train_only(train, dev + test, clean_sentences(man_sentences(extra_pages)))
+        print(f"extra man pages: {len(train) - before} new training-only sentences from {len(extra_pages)} pages")
     for name, lines in (("train", train), ("dev", dev), ("test", test)):
         write_lines(args.out / f"{name}.txt", lines)
         words = sum(word_count(s) for s in lines)

@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from recipe.normalize import normalize_text, word_count
-from recipe.text import clean_sentences, record_sentences, split_corpus, split_sentences, train_only
+from recipe.text import (
+    clean_sentences,
+    listed_man_pages,
+    pinned_split,
+    read_lines,
+    record_sentences,
+    split_corpus,
+    split_sentences,
+    train_only,
+)
+
+TEXT_SOURCES = Path(__file__).resolve().parents[1] / "recipe" / "text_sources"
 
 # --------------------------------------------------------------------------- normalisation
 
@@ -117,6 +128,43 @@ def test_extra_text_goes_to_train_only_and_leaves_dev_and_test_alone() -> None:
     grown = train_only(train, dev + test, extra)
     assert grown == train + ["a brand new line", "another new one"]
     assert not set(grown) & set(dev + test)
+
+
+def test_pinned_held_out_sets_give_back_the_seeded_split() -> None:
+    """Held-out lists saved from a seeded split rebuild its train list exactly, whatever the pool's order."""
+    sents = [f"sentence number {i} is here" for i in range(300)]
+    train, dev, test = split_corpus(sents, 20, 30, seed=4)
+    assert pinned_split(list(reversed(sents)), dev, test, seed=4) == (train, dev, test)
+    # Another pool (a sentence gone, one new) still never trains on a held-out sentence.
+    other = [s for s in sents if s != train[0]] + ["a sentence only this machine has"]
+    train2, dev2, test2 = pinned_split(other, dev, test, seed=4)
+    assert (dev2, test2) == (dev, test) and not set(train2) & set(dev + test)
+    assert "a sentence only this machine has" in train2 and train[0] not in train2
+    with pytest.raises(ValueError, match="share"):
+        pinned_split(sents, dev, dev[:1], seed=4)
+
+
+def test_man_page_list_keeps_its_order_and_names_missing_pages(tmp_path: Path) -> None:
+    root = tmp_path / "man1"
+    root.mkdir()
+    for name in ("ls.1.gz", "cp.1.gz"):
+        (root / name).write_bytes(b"")
+    listing = tmp_path / "pages.txt"
+    listing.write_text("cp.1.gz\nnot-here.1.gz\nls.1.gz\n", encoding="utf-8")
+    assert listed_man_pages(listing, root) == ([root / "cp.1.gz", root / "ls.1.gz"], ["not-here.1.gz"])
+
+
+def test_committed_held_out_sets_are_transcripts_and_hold_the_end_to_end_clips() -> None:
+    """The scored dev/test sentences are committed, so no machine's package set can move them."""
+    dev, test = read_lines(TEXT_SOURCES / "dev.txt"), read_lines(TEXT_SOURCES / "test.txt")
+    assert len(dev) == len(set(dev)) == 300 and len(test) == len(set(test)) == 300
+    assert not set(dev) & set(test)
+    assert all(normalize_text(s) == s for s in dev + test)
+    pages = read_lines(TEXT_SOURCES / "man_pages.txt")
+    assert len(pages) == len(set(pages)) == 1104
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "clips.jsonl"
+    clip_texts = [json.loads(line)["text"] for line in fixtures.read_text(encoding="utf-8").splitlines()]
+    assert clip_texts and set(clip_texts) <= set(test)
 
 
 # --------------------------------------------------------------------------- engines
