@@ -39,6 +39,7 @@ from model.transformer import SpeechTransformer
 from .augment import AugmentConfig
 from .data import Batch, FeatureSet
 from .features import prepare
+from .grow import load_grown
 from .manifest import read_manifest
 from .state import average_snapshots, load_state, save_state
 
@@ -195,7 +196,8 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this much training time")
     p.add_argument("--name", default="speech-transformer")
     p.add_argument("--init", help="exported checkpoint to fine-tune (e.g. weights): its weights, tokenizer and "
-                   "CMVN replace the fresh ones; --config must describe the same architecture; keep it on resume")
+                   "CMVN replace the fresh ones; --config must describe the same architecture, or the same with more "
+                   "encoder/decoder blocks (added on top as identity maps, recipe.grow); keep it on resume")
     a = p.parse_args()
 
     conf = json.loads(Path(a.config).read_text())
@@ -234,8 +236,9 @@ def main() -> None:
 
     model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **conf["model"])
     model = SpeechTransformer(model_cfg)
+    grown: dict[str, int] = {}
     if base is not None:
-        model.load_state_dict(base.model.state_dict())
+        grown = load_grown(model, base.model.state_dict())
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["peak_lr"], betas=(0.9, 0.98), eps=1e-9,
                             weight_decay=tcfg["weight_decay"])
@@ -298,7 +301,8 @@ def main() -> None:
     provenance = {"steps": step, "epochs": epoch, "train_minutes": round((time.time() - start) / 60, 1),
                   "averaged_snapshots": [q.name for q in paths], "train_manifest": " ".join(a.train),
                   "train_utterances": len(train_set), "config": conf, "device": str(device),
-                  **({"init": {"from": a.init, "provenance": base.provenance}} if base is not None else {}),
+                  **({"init": {"from": a.init, "provenance": base.provenance, "blocks_added": grown}}
+                     if base is not None else {}),
                   "command": command_line(a)}
     final = save_checkpoint(out / "final", Checkpoint(model.cpu(), tokenizer, FeatureConfig(), mean, std, provenance, a.name))
     model.to(device)

@@ -243,3 +243,34 @@ def test_averaging_exports_gives_a_loadable_mean_and_refuses_mismatches(tmp_path
     assert json.loads((leaning / "config.json").read_text())["provenance"]["mix"] == [3, 1]
     with pytest.raises(ValueError, match="one non-negative weight"):
         average_checkpoints([a, b], tmp_path / "bad", mix=[1.0])
+
+
+def test_grown_model_transcribes_like_its_base_and_its_new_blocks_learn() -> None:
+    """Blocks added by recipe.grow start as identity maps, then take gradient like any other."""
+    from model.config import ModelConfig
+    from model.transformer import SpeechTransformer
+    from recipe.grow import load_grown
+
+    dims = dict(vocab_size=40, d_model=64, n_heads=4, d_ff=128, conv_channels=8, n_mels=80, dropout=0.0)
+    torch.manual_seed(0)
+    base = SpeechTransformer(ModelConfig(encoder_layers=2, decoder_layers=1, **dims)).eval()
+    deep = SpeechTransformer(ModelConfig(encoder_layers=4, decoder_layers=2, **dims)).eval()
+    assert load_grown(deep, base.state_dict()) == {"encoder": 2, "decoder": 1}
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    tokens = torch.randint(4, 40, (2, 7))
+    with torch.no_grad():
+        for a, b in zip(base(feats, lengths, tokens), deep(feats, lengths, tokens)):
+            torch.testing.assert_close(a, b)
+    deep.train()
+    logits, ctc, _ = deep(feats, lengths, tokens)
+    (logits.square().mean() + ctc.square().mean()).backward()
+    assert deep.encoder.blocks[3].ff[3].weight.grad.abs().sum() > 0
+    assert deep.decoder.blocks[1].cross_attn.out.weight.grad.abs().sum() > 0
+    # Same depth loads strictly; a shallower target or another width is refused.
+    assert load_grown(SpeechTransformer(ModelConfig(encoder_layers=2, decoder_layers=1, **dims)), base.state_dict()) == {
+        "encoder": 0, "decoder": 0}
+    with pytest.raises(ValueError, match="blocks"):
+        load_grown(SpeechTransformer(ModelConfig(encoder_layers=1, decoder_layers=1, **dims)), base.state_dict())
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_grown(SpeechTransformer(ModelConfig(encoder_layers=4, decoder_layers=2, **{**dims, "d_ff": 256})),
+                   base.state_dict())
