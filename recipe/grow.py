@@ -8,11 +8,16 @@ model from scratch.
 
 from __future__ import annotations
 
+import argparse
 import re
+import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.recognizer import LM_FILES
 from model.transformer import SpeechTransformer
 
 _BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.")
@@ -56,3 +61,38 @@ def load_grown(model: SpeechTransformer, state: dict[str, torch.Tensor]) -> dict
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
     return added
+
+
+def grow_like(base_dir: Path, like_dir: Path, out: Path) -> Path:
+    """Export ``base_dir`` in ``like_dir``'s deeper architecture, the added blocks' inner weights from ``like_dir``."""
+    base, like = load_checkpoint(base_dir), load_checkpoint(like_dir)
+    model = like.model  # the deeper architecture, and the inner weights of its extra blocks
+    added = load_grown(model, base.model.state_dict())
+    if not any(added.values()):
+        raise ValueError(f"{like_dir} is no deeper than {base_dir}: nothing to grow")
+    provenance = {"grown": {"from": str(base_dir), "provenance": base.provenance, "blocks_added": added,
+                            "inner_weights_of_added_blocks": str(like_dir)},
+                  "command": f"python -m recipe.grow --weights {base_dir} --like {like_dir} --out {out}"}
+    save_checkpoint(out, Checkpoint(model, base.tokenizer, base.features, base.cmvn_mean, base.cmvn_std,
+                                    provenance, base.name))
+    lm = next((base_dir / f for f in LM_FILES if (base_dir / f).is_file()), None)
+    if lm is not None:
+        shutil.copyfile(lm, out / lm.name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="the shallower exported checkpoint")
+    p.add_argument("--like", required=True, help="a deeper export grown from it (e.g. recipe.train --init WEIGHTS)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        out = grow_like(Path(a.weights), Path(a.like), Path(a.out))
+    except ValueError as e:
+        p.error(str(e))
+    print(f"grew {a.weights} into {out}")
+
+
+if __name__ == "__main__":
+    main()

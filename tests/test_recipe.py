@@ -274,3 +274,24 @@ def test_grown_model_transcribes_like_its_base_and_its_new_blocks_learn() -> Non
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_grown(SpeechTransformer(ModelConfig(encoder_layers=4, decoder_layers=2, **{**dims, "d_ff": 256})),
                    base.state_dict())
+
+
+def test_grow_like_exports_the_base_in_the_deeper_architecture(tmp_path: Path) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.testing import make_random_checkpoint
+    from recipe.average import average_checkpoints
+    from recipe.grow import grow_like
+
+    base = make_random_checkpoint(tmp_path / "base", seed=0)
+    (base / "lm.arpa.gz").write_bytes(b"lm")
+    deep = make_random_checkpoint(tmp_path / "deep", seed=1, encoder_layers=3)  # stands in for a deeper fine-tune
+    grown = grow_like(base, deep, tmp_path / "grown")
+    b, g, d = (load_checkpoint(x).model.eval() for x in (base, grown, deep))
+    feats, lengths, tokens = torch.randn(1, 100, 80), torch.tensor([100]), torch.randint(4, 20, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(b(feats, lengths, tokens)[0], g(feats, lengths, tokens)[0])
+    torch.testing.assert_close(g.encoder.blocks[2].attn.q.weight, d.encoder.blocks[2].attn.q.weight)
+    assert (grown / "lm.arpa.gz").read_bytes() == b"lm"
+    average_checkpoints([grown, deep], tmp_path / "soup")  # same architecture now: averageable
+    with pytest.raises(ValueError, match="no deeper"):
+        grow_like(base, base, tmp_path / "same")
