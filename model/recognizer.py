@@ -19,6 +19,11 @@ from .lm_fusion import WordLMFusion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
+
+
+def word_lm_beside(weights: str | Path) -> Path | None:
+    """The word LM file in a checkpoint directory, if it has one."""
+    return next((Path(weights) / f for f in LM_FILES if (Path(weights) / f).is_file()), None)
 MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
 
 
@@ -88,7 +93,7 @@ class Recognizer:
         """``lm``: an ARPA file, ``"auto"`` for the one beside the checkpoint if there is one, None for none."""
         dev = pick_device(device)
         if lm == "auto":
-            lm = next((Path(weights) / f for f in LM_FILES if (Path(weights) / f).is_file()), None)
+            lm = word_lm_beside(weights)
         return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
 
     @property

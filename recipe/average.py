@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from model.checkpoint import WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
-from model.recognizer import LM_FILES
+from model.recognizer import word_lm_beside
 from recipe.state import average_snapshots
 
 
@@ -48,7 +48,7 @@ def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None 
                   "mix": mix, "command": command}
     save_checkpoint(out, Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std,
                                     provenance, first.name))
-    lm = next((sources[0] / f for f in LM_FILES if (sources[0] / f).is_file()), None)
+    lm = word_lm_beside(sources[0])
     if lm is not None:
         shutil.copyfile(lm, out / lm.name)
     return out

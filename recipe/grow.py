@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.recognizer import LM_FILES
+from model.recognizer import word_lm_beside
 from model.transformer import SpeechTransformer
 
 _BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.")
@@ -39,18 +39,19 @@ def load_grown(model: SpeechTransformer, state: dict[str, torch.Tensor]) -> dict
     Every tensor of ``state`` must fit ``model`` exactly; the only keys allowed to be missing are those of
     blocks beyond the old depth, which start as identity maps.
     """
+    old = {stack: _depth(state, stack) for stack in _RESIDUAL_OUTPUTS}
     added: dict[str, int] = {}
-    for stack in ("encoder", "decoder"):
-        old, new = _depth(state, stack), len(getattr(model, stack).blocks)
-        if old > new:
-            raise ValueError(f"{stack}: the checkpoint has {old} blocks, the model only {new}")
-        added[stack] = new - old
+    for stack, depth in old.items():
+        new = len(getattr(model, stack).blocks)
+        if depth > new:
+            raise ValueError(f"{stack}: the checkpoint has {depth} blocks, the model only {new}")
+        added[stack] = new - depth
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"checkpoint tensors the model lacks: {unexpected[:5]}")
     for key in missing:
         m = _BLOCK.match(key)
-        if m is None or int(m.group(2)) < _depth(state, m.group(1)):
+        if m is None or int(m.group(2)) < old[m.group(1)]:
             raise ValueError(f"checkpoint lacks {key}, which is not part of an added block")
     for stack, n in added.items():
         blocks = getattr(model, stack).blocks
@@ -75,7 +76,7 @@ def grow_like(base_dir: Path, like_dir: Path, out: Path) -> Path:
                   "command": f"python -m recipe.grow --weights {base_dir} --like {like_dir} --out {out}"}
     save_checkpoint(out, Checkpoint(model, base.tokenizer, base.features, base.cmvn_mean, base.cmvn_std,
                                     provenance, base.name))
-    lm = next((base_dir / f for f in LM_FILES if (base_dir / f).is_file()), None)
+    lm = word_lm_beside(base_dir)
     if lm is not None:
         shutil.copyfile(lm, out / lm.name)
     return out

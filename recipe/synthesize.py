@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from recipe.manifest import write_jsonl
 from recipe.normalize import word_count
+from recipe.text import read_lines
 from recipe.voices import Voice, held_out_voices, synthesize, training_voices, validate_wav, voice_by_id
 
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.50, "flite": 0.35, "piper": 0.15}
@@ -84,10 +85,6 @@ class VoicePicker:
                 return v
             deck.insert(0, v)  # keep it for later, try the next card
         return v  # engine has fewer voices than repetitions of this sentence
-
-
-def read_lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def plan_corpus(

@@ -189,7 +189,7 @@ def listed_man_pages(list_file: Path, root: Path = Path("/usr/share/man/man1")) 
     A seeded sample of the machine's pages moves whenever a package adds or drops one page, and with it
     every sentence of the corpus; a committed list keeps the text the same on any machine with those pages.
     """
-    names = [n.strip() for n in list_file.read_text(encoding="utf-8").splitlines() if n.strip()]
+    names = read_lines(list_file)
     present = [root / n for n in names if (root / n).is_file()]
     missing = [n for n in names if not (root / n).is_file()]
     return present, missing
@@ -281,7 +281,7 @@ def pinned_split(
 
 
 def read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def train_only(train: list[str], held: Collection[str], extra: Iterable[str]) -> list[str]:
