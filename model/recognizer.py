@@ -19,12 +19,13 @@ from .lm_fusion import WordLMFusion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
+MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
 
 
 def word_lm_beside(weights: str | Path) -> Path | None:
     """The word LM file in a checkpoint directory, if it has one."""
-    return next((Path(weights) / f for f in LM_FILES if (Path(weights) / f).is_file()), None)
-MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
+    candidates = (Path(weights) / name for name in LM_FILES)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 @dataclass(frozen=True)
