@@ -177,7 +177,9 @@ def drop_stale_audio(out: Path, plan: list[Utterance]) -> int:
     Resuming skips every valid WAV already there, so a changed sentence list (which reshuffles the
     train plan) would otherwise pair old audio with new text. The plan ledger written at each start
     says what every file was made for; a corpus without one falls back to its manifests. A file
-    neither lists is of unknown origin and is made again.
+    neither lists is of unknown origin and is made again. Entries for files this plan does not cover
+    (a dev/test-only run on a corpus with a train split) stay in the ledger, so a later run with the
+    full plan finds them again instead of making them anew.
     """
     ledger = out / "synthesis_plan.jsonl"
     sources = [ledger] if ledger.exists() else sorted(out.glob("*.jsonl"))
@@ -192,7 +194,11 @@ def drop_stale_audio(out: Path, plan: list[Utterance]) -> int:
         if path.exists() and made_for.get(u.rel_audio) != (u.text, u.voice):
             path.unlink()
             dropped += 1
-    write_jsonl(ledger, ({"audio": u.rel_audio, "text": u.text, "voice": u.voice} for u in plan))
+    planned = {u.rel_audio for u in plan}
+    entries = [{"audio": u.rel_audio, "text": u.text, "voice": u.voice} for u in plan]
+    entries += [{"audio": audio, "text": text, "voice": voice} for audio, (text, voice) in sorted(made_for.items())
+                if audio not in planned and (out / audio).exists()]
+    write_jsonl(ledger, entries)
     return dropped
 
 

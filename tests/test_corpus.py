@@ -339,6 +339,13 @@ def test_tiny_synthesis_run_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert counts2 == counts
     assert {p: p.stat().st_mtime_ns for p in (out / "wav").rglob("*.wav")} == mtimes
     assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == rows
+    # A dev/test-only run leaves the train audio alone, and the full plan finds all of it again afterwards
+    # (checked by the files' times: a failing stub would hang the worker pool instead of failing).
+    monkeypatch.undo()
+    assert syn.run(text_dir, out, 0, 1, 1, jobs=1, seed=0, weights=weights, progress=False)["train"] == 0
+    assert syn.run(text_dir, out, 4, 1, 1, jobs=1, seed=0, weights=weights, progress=False) == counts
+    assert {p: p.stat().st_mtime_ns for p in (out / "wav").rglob("*.wav")} == mtimes
+    assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == rows
 
     # A changed sentence list reshuffles the train plan: audio made for other text is never reused.
     before = {r["audio"]: r for r in rows}
