@@ -27,9 +27,11 @@ class WordLMFusion:
         self._specials = {i for i in range(size) if tokenizer.sp.is_control(i) or tokenizer.sp.is_unknown(i)}
         self._memo: dict[tuple[tuple[str, ...], str], float] = {}
         self.rows: list[tuple[tuple[str, ...], str]] = []
+        self._closes, self._ends = torch.zeros(0), torch.zeros(0)
 
     def start(self, rows: int) -> None:
         self.rows = [((BOS,), "")] * rows
+        self._closes, self._ends = self._scores(self.rows)
 
     def _word_logp(self, context: tuple[str, ...], word: str) -> float:
         key = (context, word)
@@ -37,19 +39,25 @@ class WordLMFusion:
             self._memo[key] = self.lm.log_prob(word, list(context))
         return self._memo[key]
 
+    def _scores(self, rows: list[tuple[tuple[str, ...], str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each row: what a word-opening token adds (its unfinished word, scored), and what the end token adds
+        (that plus the end of the sentence). Computed once per row state, when :meth:`select` makes it."""
+        closes, ends = [], []
+        for context, partial in rows:
+            close = 0.0
+            if partial:
+                close = self._word_logp(context, partial) + self.word_bonus
+                context = (*context, partial)[-(self.lm.order - 1) :] if self.lm.order > 1 else ()
+            closes.append(close)
+            ends.append(close + self._word_logp(context, EOS))
+        return torch.tensor(closes), torch.tensor(ends)
+
     def bonus(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(rows, k)`` score additions for extending each row by each of its candidate ``tokens`` ``(rows, k)``."""
-        closes = torch.zeros(len(self.rows))  # the unfinished word, scored: what a word-opening token adds
-        ends = torch.zeros(len(self.rows))  # ... plus the end of the sentence: what the end token adds
-        for r, (context, partial) in enumerate(self.rows):
-            if partial:
-                closes[r] = self._word_logp(context, partial) + self.word_bonus
-                context = (*context, partial)[-(self.lm.order - 1) :] if self.lm.order > 1 else ()
-            ends[r] = closes[r] + self._word_logp(context, EOS)
         tokens_cpu = tokens.cpu()
         opens = self._opens[tokens_cpu]
-        out = torch.where(opens, closes[:, None], 0.0)
-        out = torch.where(tokens_cpu == self.eos_id, ends[:, None], out)
+        out = torch.where(opens, self._closes[:, None], 0.0)
+        out = torch.where(tokens_cpu == self.eos_id, self._ends[:, None], out)
         return (self.weight * out).to(tokens.device)
 
     def select(self, rows: list[int], tokens: list[int]) -> None:
@@ -68,3 +76,4 @@ class WordLMFusion:
                 partial += piece
             kept.append((context, partial))
         self.rows = kept
+        self._closes, self._ends = self._scores(kept)
