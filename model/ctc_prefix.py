@@ -4,7 +4,8 @@ The attention decoder alone may skip or repeat words, or stop early, because not
 length. The CTC head is monotonic in time; scoring every beam extension with the probability that the CTC output
 *starts with* that prefix keeps the joint search on the audio. Every row (one hypothesis) carries, for each encoder
 frame ``t``, the log-probability that the first ``t + 1`` frames emit its prefix, ending in a label (``n``) or in
-blank (``b``). Extending a row by a token is one pass over the frames, vectorised over rows and candidate tokens.
+blank (``b``). Scoring a row's candidate tokens is one vectorised pass over the frames; the forward recursion then
+runs only for the candidates the beam keeps.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class CTCPrefixScorer:
 
         For ``eos`` it is the probability of exactly the row's hypothesis instead. A candidate's prefix score needs
         only its parent's state, not its own forward variables: those are computed in :meth:`select`, for the few
-        candidates that survive (a beam keeps ``rows`` of ``rows x C``), which is most of the saving of this class.
+        candidates that survive (a beam keeps ``rows`` of ``rows x C``), which saves most of the recursion's cost.
         """
         x_c = self.x[:, self.utt[:, None], tokens]  # (T, rows, C)
         total = torch.logaddexp(self.r_n, self.r_b)
@@ -82,7 +83,7 @@ class CTCPrefixScorer:
 
 def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
                     start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The textbook recursion: a few small ops per frame. Cheapest when rows x candidates is large.
+    """The textbook recursion: a few small ops per frame. Cheapest when frames x rows is large.
 
     A prefix of ``start`` labels cannot end before frame ``start``: those frames are impossible and skipped.
     """
@@ -98,7 +99,7 @@ def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor
 
 def _closed_form(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,
                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same recursion without a loop over frames; cheapest when rows x candidates is small.
+    """The same recursion without a loop over frames; cheapest when frames x rows is small.
 
     ``r_n[t] = (r_n[t-1] + phi_prev[t]) * x_c[t]`` (in probabilities) is a first-order linear recurrence:
     ``r_n[t] = sum over s <= t of phi_prev[s] * prod(x_c[s..t])``, i.e. a cumulative sum of ``phi_prev`` rescaled by
