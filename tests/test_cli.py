@@ -139,3 +139,14 @@ def test_dockerfile_runs_the_commands_the_tests_exercise() -> None:
     assert all((ROOT / c).exists() for c in copied)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"weights", "app", "model", "pyproject.toml"} & set(ignored)
+
+
+def test_container_smoke_script_expects_its_clips_transcript() -> None:
+    """``.ci/container-smoke`` (run by hand where a container engine exists) checks a committed clip's transcript."""
+    script = (ROOT / ".ci" / "container-smoke").read_text()
+    assert os.access(ROOT / ".ci" / "container-smoke", os.X_OK)
+    clip = shlex.split(script.split("\nCLIP=", 1)[1].splitlines()[0])[0]
+    expected = shlex.split(script.split("\nEXPECTED=", 1)[1].splitlines()[0], comments=True)[0]
+    lines = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "clips.jsonl").read_text().splitlines() if x]
+    assert {"audio": Path(clip).name, "text": expected} in [{"audio": x["audio"], "text": x["text"]} for x in lines]
+    assert (ROOT / clip).is_file()
