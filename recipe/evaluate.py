@@ -1,6 +1,9 @@
 """Word and character error rates of a checkpoint on a manifest, per voice, plus the real-time factor.
 
     python -m recipe.evaluate --weights weights --manifest data/corpus/test_seen.jsonl [--beam 5] [--report out.json]
+
+``--oracle`` also reports the WER of the best hypothesis in each utterance's finished beam (chosen by its errors
+against the reference): how far any re-ranking of the same search could go.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,14 @@ def score(refs: list[str], hyps: list[str]) -> dict[str, float]:
     return {"wer": round(jiwer.wer(refs, hyps), 4), "cer": round(jiwer.cer(refs, hyps), 4), "utterances": len(refs)}
 
 
+def word_errors(ref: str, hyp: str) -> int:
+    """Substitutions + deletions + insertions of ``hyp`` against ``ref``, in words."""
+    if not hyp.split():
+        return len(ref.split())
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions
+
+
 def _group(by_voice: dict[str, list[int]]) -> dict[str, list[int]]:
     """Voices are ``engine:name``: pool them per engine (hundreds of espeak variants are too many to list)."""
     out: dict[str, list[int]] = defaultdict(list)
@@ -34,16 +46,21 @@ def _group(by_voice: dict[str, list[int]]) -> dict[str, list[int]]:
     return out
 
 
-def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_size: int = 16) -> dict[str, Any]:
+def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_size: int = 16,
+             oracle: bool = False) -> dict[str, Any]:
     utts = read_manifest(manifest)
     waves = [decode_audio(u.audio.read_bytes(), rec.sample_rate)[0] for u in utts]
     order = sorted(range(len(utts)), key=lambda i: waves[i].size)  # similar lengths batch with little padding
+    if oracle:  # the best-first list of every finished hypothesis; its first entry is the usual transcript
+        opts = replace(opts, n_best=opts.beam_size)
     hyps: dict[int, str] = {}
+    beams: dict[int, list[str]] = {}
     start = time.perf_counter()
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         for i, r in zip(idx, rec.transcribe([waves[i] for i in idx], opts)):
             hyps[i] = r.text
+            beams[i] = [e.text for e in r.n_best]
     wall = time.perf_counter() - start
     audio_s = sum(w.size for w in waves) / rec.sample_rate
     by_voice: dict[str, list[int]] = defaultdict(list)
@@ -59,6 +76,13 @@ def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_s
         "per_voice": {v: score([refs[i] for i in ix], [hyps[i] for i in ix]) for v, ix in sorted(by_voice.items())},
         "items": [{"audio": str(u.audio), "voice": u.voice, "ref": refs[i], "hyp": hyps[i]} for i, u in enumerate(utts)],
     }
+    if oracle:
+        best = [min(beams[i], key=lambda h: word_errors(refs[i], h)) for i in range(len(utts))]
+        errors = sum(word_errors(ref, h) for ref, h in zip(refs, best))
+        out["oracle_wer"] = round(errors / max(1, sum(len(ref.split()) for ref in refs)), 4)
+        out["n_best"] = opts.n_best
+        for item, h in zip(out["items"], best):
+            item["oracle"] = h
     return out
 
 
@@ -77,6 +101,8 @@ def main() -> None:
                    help="word LM weight when re-ranking the beam (0 = none)")
     p.add_argument("--lm", default="auto", help="ARPA word LM: 'auto' (the one beside the weights, if any), a path, "
                                                 "or 'none'")
+    p.add_argument("--oracle", action="store_true",
+                   help="also report the WER of the best hypothesis in each finished beam (oracle_wer)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report", default=None, help="write the JSON report here")
@@ -88,16 +114,20 @@ def main() -> None:
                          lm_fusion_weight=a.lm_fusion_weight, lm_fusion_bonus=a.lm_fusion_bonus)
     reports = []
     for m in a.manifest:
-        r = evaluate(rec, m, opts, a.batch_size)
+        r = evaluate(rec, m, opts, a.batch_size, a.oracle)
         reports.append(r)
-        print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}")
+        oracle = f", oracle of the {r['n_best']}-best {r['oracle_wer']:.2%}" if a.oracle else ""
+        print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
     summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "ctc_mode": a.ctc_mode,
                "lm_weight": a.lm_weight if rec.lm else None, "reports": reports}
     if a.report:
         Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}))
+    last = {"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}
+    if a.oracle:
+        last["oracle_wer"] = [r["oracle_wer"] for r in reports]
+    print(json.dumps(last))
 
 
 if __name__ == "__main__":
