@@ -209,6 +209,7 @@ def main() -> None:
     emit({"throughput": main_row["throughput"], "p50_ms": main_row["p50_ms"], "p95_ms": main_row["p95_ms"],
           "mean_batch_size": main_row["mean_batch"], "batching_speedup": speedup,
           "unbatched_throughput": rows[1]["throughput"] if len(rows) == 2 else None,
+          "failed_requests": sum(r["failed"] for r in rows),
           "concurrency": args.concurrency, "duration_s": args.duration, "torch_threads": None if args.url else (args.torch_threads or None),
           "model": model})
 
