@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng flite libsndfile1
+APT_PACKAGES := espeak-ng flite libsndfile1 festival festvox-kdlpc16k
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test bench clean-venv system-deps
