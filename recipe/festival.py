@@ -24,7 +24,7 @@ from tqdm import tqdm
 from recipe.manifest import write_jsonl
 from recipe.normalize import word_count
 from recipe.text import read_lines
-from recipe.voices import _resample, _wav_bytes_to_float, _write, validate_wav
+from recipe.voices import save_16k, validate_wav, wav_bytes_to_float
 
 VOICES = ("ked_diphone", "kal_diphone", "cmu_us_slt_arctic_hts")
 PEAK_SEED = 0  # the level of each file is drawn from a seeded generator, so a re-run writes the same audio
@@ -42,8 +42,8 @@ def speak(voice: str, text: str, out_wav: Path) -> float:
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0 or "SIOD ERROR" in r.stderr or not raw.is_file() or raw.stat().st_size <= 44:
             raise RuntimeError(f"festival voice {voice!r} produced no audio: {r.stderr.strip()[-200:]}")
-        audio, sr = _wav_bytes_to_float(raw.read_bytes())
-    _write(_resample(audio, sr), out_wav, random.Random(f"{PEAK_SEED}:{out_wav.name}"))
+        audio, sr = wav_bytes_to_float(raw.read_bytes())
+    save_16k(audio, sr, out_wav, random.Random(f"{PEAK_SEED}:{out_wav.name}"))
     duration = validate_wav(out_wav, word_count(text))
     if duration is None:
         out_wav.unlink(missing_ok=True)

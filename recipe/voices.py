@@ -166,7 +166,7 @@ def _resample(audio: np.ndarray, sr: int) -> np.ndarray:
     return out.numpy()
 
 
-def _wav_bytes_to_float(data: bytes) -> tuple[np.ndarray, int]:
+def wav_bytes_to_float(data: bytes) -> tuple[np.ndarray, int]:
     """Parse a streamed PCM16 WAV whose header sizes may be bogus (espeak --stdout writes 0x7fff....)."""
     if data[:4] != b"RIFF" or len(data) < 44:
         raise RuntimeError("engine produced no WAV data")
@@ -200,6 +200,11 @@ def _write(audio: np.ndarray, out_wav_path: Path, rng: random.Random) -> None:
     os.replace(tmp, out_wav_path)
 
 
+def save_16k(audio: np.ndarray, sr: int, out_wav_path: str | Path, rng: random.Random) -> None:
+    """What every engine's output goes through: resampled to 16 kHz, written at a random peak level."""
+    _write(_resample(audio, sr), Path(out_wav_path), rng)
+
+
 # --------------------------------------------------------------------------- engines
 
 
@@ -207,7 +212,7 @@ def _espeak(voice: Voice, text: str, rng: random.Random) -> tuple[np.ndarray, in
     params = {"rate": rng.randint(130, 200), "pitch": rng.randint(30, 70)}
     cmd = ["espeak-ng", "-v", voice.name, "-s", str(params["rate"]), "-p", str(params["pitch"]), "--stdout", text]
     r = subprocess.run(cmd, capture_output=True, check=True, timeout=60)
-    audio, sr = _wav_bytes_to_float(r.stdout)
+    audio, sr = wav_bytes_to_float(r.stdout)
     return audio, sr, params
 
 
@@ -221,7 +226,7 @@ def _flite(voice: Voice, text: str, rng: random.Random) -> tuple[np.ndarray, int
     with tempfile.TemporaryDirectory(prefix="flite") as td:
         out = Path(td) / "out.wav"
         subprocess.run(cmd + ["-t", text, "-o", str(out)], capture_output=True, check=True, timeout=60)
-        audio, sr = _wav_bytes_to_float(out.read_bytes())
+        audio, sr = wav_bytes_to_float(out.read_bytes())
     if voice.name != "kal" and sr != 16000:
         # flite falls back to 8 kHz kal on an unknown voice instead of failing.
         raise RuntimeError(f"flite voice {voice.name!r} not available (got {sr} Hz)")
@@ -360,8 +365,7 @@ def synthesize(voice: Voice, text: str, out_wav_path: str | Path, rng: random.Ra
     if not text:
         raise ValueError("empty text: engines would write silence and exit 0")
     audio, sr, params = _ENGINES[voice.engine](voice, text, rng)
-    audio = _resample(audio, sr)
-    _write(audio, Path(out_wav_path), rng)
+    save_16k(audio, sr, out_wav_path, rng)
     return params
 
 
