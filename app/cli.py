@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not (settings.weights / CONFIG).is_file():  # say it plainly, before uvicorn wraps it in a traceback
         print(f"error: no checkpoint at {settings.weights} (pass --weights DIR or set ASR_WEIGHTS)", file=sys.stderr)
         return STARTUP_FAILURE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets())
     server = make_server(create_app(settings))
     try:
         server.run()

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
 
     # Requests
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
-    max_audio_seconds: float = Field(600.0, gt=0)
+    max_audio_seconds: float = Field(600.0, gt=0, description="checked against the file's header, then while decoding")
+    max_concurrent_decodes: int = Field(2, ge=1, description="uploads decoded from bytes at once; the rest wait")
+    decode_wait_s: float = Field(10.0, gt=0, description="how long an upload waits for a decoding slot before 429")
     default_beam_size: int = Field(DecodeOptions.beam_size, ge=1)
     max_beam_size: int = Field(32, ge=1)
     ctc_weight: float = Field(DecodeOptions.ctc_weight, ge=0, le=1,
@@ -61,6 +63,13 @@ class Settings(BaseSettings):
     stream_partial_interval_ms: float = Field(500.0, gt=0)
     stream_endpoint_silence_ms: float = Field(500.0, gt=0)
     stream_partial_beam_size: int = Field(1, ge=1)
+    stream_max_pending_finals: int = Field(2, ge=1, description="finals of one stream queued at once; beyond it "
+                                                                "the server stops reading that stream's socket")
+    stream_min_realtime: float = Field(0.5, ge=0, description="audio a stream must send per second of wall time "
+                                                              "(after the grace period; paused while the server "
+                                                              "holds it back), or it is closed with 1008")
+    stream_rate_grace_s: float = Field(10.0, ge=0)
+    stream_max_duration_s: float = Field(7200.0, gt=0, description="wall-clock limit of one stream session")
 
     # HTTP
     host: str = "127.0.0.1"
@@ -68,13 +77,22 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    public_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json without the API key")
     shutdown_timeout_s: float = Field(30.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(120.0, gt=0, description="a request's body must arrive within this")
+    max_connections: int = Field(512, ge=1, description="open connections; more are answered 503 and closed")
 
     def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
         return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
                              ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode, lm_weight=self.lm_weight,
                              lm_fusion_weight=self.lm_fusion_weight, lm_fusion_bonus=self.lm_fusion_bonus)
+
+    def secrets(self) -> list[str]:
+        """Values that no log line may show."""
+        return [self.api_key.get_secret_value()] if self.api_key else []
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -89,7 +107,7 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -146,6 +146,7 @@ class BatchingEngine:
         self._thread: threading.Thread | None = None
         self._batch_ids = 0
         self._incoming = 0  # requests being decoded from bytes right now, about to submit
+        self.peak_depth = 0  # the most segments ever pending at once
 
     # ------------------------------------------------------------------ caller side (event loop)
 
@@ -154,11 +155,11 @@ class BatchingEngine:
         return len(self._pending)
 
     def submit(self, audios: Sequence[np.ndarray], options: DecodeOptions, *, request_id: str = "",
-               force: bool = False, on_result: OnResult | None = None) -> Job:
-        """Queue ``audios`` as one job. Raises :class:`QueueFull` when there is no room (unless ``force``:
-        used for streaming finals, which are bounded by the number of sessions instead) and
-        :class:`EngineClosed` during shutdown. ``on_result`` hears of each segment as soon as it is decoded,
-        before the job as a whole resolves."""
+               force: bool = False, reserve: int = 0, on_result: OnResult | None = None) -> Job:
+        """Queue ``audios`` as one job. Raises :class:`QueueFull` when there is no room, or when it would leave
+        fewer than ``reserve`` places free (best-effort work, like streaming partials, gives way first), unless
+        ``force`` (the shutdown drain of open streams), and :class:`EngineClosed` during shutdown.
+        ``on_result`` hears of each segment as soon as it is decoded, before the job as a whole resolves."""
         job = Job(self, asyncio.get_running_loop(), len(audios), request_id, on_result)
         if not audios:
             job.future.set_result([])
@@ -166,7 +167,7 @@ class BatchingEngine:
         with self._cv:
             if self._closing:
                 raise EngineClosed("the server is shutting down")
-            room = self.policy.queue_depth - len(self._pending)
+            room = self.policy.queue_depth - len(self._pending) - reserve
             # An empty queue admits a job of any size, so one long upload is never refused for ever.
             if not force and self._pending and len(audios) > room:
                 raise QueueFull(f"{len(self._pending)} segments are waiting (limit {self.policy.queue_depth})")
@@ -307,5 +308,7 @@ class BatchingEngine:
             self._metrics.item_failures.inc(n)
 
     def _set_depth(self) -> None:
+        self.peak_depth = max(self.peak_depth, len(self._pending))
         if self._metrics:
             self._metrics.queue_depth.set(len(self._pending))
+            self._metrics.queue_depth_peak.set(self.peak_depth)

@@ -18,7 +18,8 @@ from .config import Settings
 from .engine import BatchingEngine, BatchPolicy
 from .errors import install_error_handlers
 from .observability import RequestContext, configure_logging
-from .routes import health, openai, stream, transcribe
+from .protocol import guarded_protocol
+from .routes import docs, health, openai, stream, transcribe
 from .state import ServiceState
 from .transcriber import TranscriptionService
 from .vad import SpeechDetector
@@ -45,7 +46,8 @@ async def _load(state: ServiceState) -> None:
     state.worker, state.engine, state.created = worker, engine, int(time.time())
     state.transcriber = TranscriptionService(engine, state.detector, sample_rate=worker.sample_rate,
                                              max_segment_s=worker.max_segment_seconds,
-                                             max_audio_s=s.max_audio_seconds, retry_after_s=s.retry_after_s)
+                                             max_audio_s=s.max_audio_seconds, retry_after_s=s.retry_after_s,
+                                             max_decodes=s.max_concurrent_decodes, decode_wait_s=s.decode_wait_s)
     state.phase = "ready"
     state.metrics.ready.set(1)
     log.info("ready: %s, batches of up to %d segments / %.0f padded s, %.0f ms wait, queue %d",
@@ -56,7 +58,7 @@ async def _load(state: ServiceState) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     settings = state.settings
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets())
     if not (settings.weights / CONFIG).is_file():
         raise RuntimeError(f"no checkpoint at {settings.weights} (set ASR_WEIGHTS to a directory with {CONFIG})")
     state.detector = SpeechDetector(settings.vad_threshold)
@@ -76,9 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A fresh app with its own settings, metrics registry and (once started) model and engine."""
     settings = settings or Settings()
     state = ServiceState(settings)
+    private_docs = settings.api_key is not None and not settings.public_docs
     app = FastAPI(title="Speech-Transformer ASR", version="0.1.0", lifespan=lifespan,
                   description="Speech recognition with dynamic batching: REST, OpenAI-compatible and WebSocket "
-                              "streaming APIs.")
+                              "streaming APIs.",
+                  **({"docs_url": None, "redoc_url": None, "openapi_url": None} if private_docs else {}))
     app.state.service = state
     app.state.settings = settings
     install_error_handlers(app)
@@ -87,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After", "X-Ignored-Parameters"])
     app.add_middleware(RequestContext, metrics=state.metrics)
-    for module in (health, transcribe, openai, stream):
+    for module in (health, transcribe, openai, stream, *([docs] if private_docs else [])):
         app.include_router(module.router)
     return app
 
@@ -130,4 +134,5 @@ def server_config(app: FastAPI, settings: Settings, *, host: str | None = None, 
         # cap only stops absurd frames before they are buffered whole.
         ws_max_size=2 * settings.stream_max_frame_bytes + 1024,
         lifespan="on",
+        http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
     )

@@ -26,6 +26,7 @@ class Metrics:
         self.batch_seconds = Histogram("asr_batch_compute_seconds", "Model time per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("asr_queue_depth", "Segments waiting for a batch", registry=r)
+        self.queue_depth_peak = Gauge("asr_queue_depth_peak", "Most segments ever waiting at once", registry=r)
         self.active_streams = Gauge("asr_active_streams", "Open WebSocket streaming sessions", registry=r)
         self.audio_seconds = Counter("asr_audio_seconds", "Seconds of audio run through the model", registry=r)
         self.rtf = Histogram("asr_real_time_factor", "Model time / audio seconds, per batch",

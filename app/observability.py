@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +18,7 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 access_log = logging.getLogger("app.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 class RequestIdFilter(logging.Filter):
@@ -24,16 +27,67 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+# Query parameters that carry credentials (browsers pass the stream token as ?access_token=).
+_SECRET_PARAM = re.compile(r"(?i)([?&;](?:access_token|api_key|apikey|token|key|password|secret)=)[^&;\s\"']*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Credentials out: secret query parameters become ``***``, and so does any known secret wherever it is."""
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def escape_controls(text: str) -> str:
+    """One log record, one line: control characters (CR, LF, ...) in client input are shown, not obeyed."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Text or JSON lines with secrets redacted; client input can neither forge a line nor leak a key."""
+
+    def __init__(self, fmt: str, json_lines: bool = False) -> None:
+        super().__init__(fmt)
+        self.json_lines = json_lines
+        self.secrets: set[str] = set()
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = redact(record.getMessage(), self.secrets)
+        trace = redact(self.formatException(record.exc_info), self.secrets) if record.exc_info else ""
+        if self.json_lines:
+            entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                     "request_id": getattr(record, "request_id", "-"), "message": message}
+            if trace:
+                entry["exception"] = trace
+            return json.dumps(entry, ensure_ascii=False)
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.message, clean.asctime = escape_controls(message), self.formatTime(record)
+        line = self.formatMessage(clean)
+        if trace:  # continuation lines are marked, so no line of a traceback can pass for a record of its own
+            line += "".join(f"\n  | {escape_controls(part)}" for part in trace.splitlines())
+        return line
+
+
+def configure_logging(level: str, log_format: str = "text", secrets: Iterable[str] = ()) -> None:
     """Log to stderr with the request id; idempotent, so several apps in one process share one handler."""
     root = logging.getLogger()
     root.setLevel(level.upper())
-    if not any(getattr(h, "_asr", False) for h in root.handlers):
+    handler = next((h for h in root.handlers if getattr(h, "_asr", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler._asr = True  # type: ignore[attr-defined]
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
         root.addHandler(handler)
+    formatter = handler.formatter if isinstance(handler.formatter, SafeFormatter) else None
+    if formatter is None or formatter.json_lines != (log_format == "json"):
+        known = formatter.secrets if formatter else set()
+        formatter = SafeFormatter(LOG_FORMAT, json_lines=log_format == "json")
+        formatter.secrets |= known
+        handler.setFormatter(formatter)
+    formatter.secrets.update(s for s in secrets if s)
 
 
 def route_label(scope: Scope) -> str:

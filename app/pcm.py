@@ -26,7 +26,3 @@ class PcmDecoder:
         if not np.isfinite(samples).all():
             raise PcmError("the audio contains NaN or infinite samples")
         return samples
-
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._carry)

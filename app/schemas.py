@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.resample import SAMPLE_RATES
+
 # ---------------------------------------------------------------------------- native API
 
 
@@ -132,7 +134,7 @@ class StreamConfigMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["config"]
-    sample_rate: int = Field(16000, ge=8000, le=192000, description="of the binary frames that follow")
+    sample_rate: int = Field(16000, ge=SAMPLE_RATES[0], le=SAMPLE_RATES[1], description="of the binary frames that follow")
     encoding: str = Field("pcm_s16le", description="pcm_s16le (16-bit little-endian) or f32le (32-bit float)")
     beam_size: int | None = Field(None, ge=1, description="beam width of finals (default ASR_DEFAULT_BEAM_SIZE)")
     word_timestamps: bool = Field(False, description="finals carry 'words': [{word, start, end}]")

@@ -8,6 +8,7 @@ and uploads share batches.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 
@@ -18,10 +19,11 @@ from model.decoding import DecodeOptions
 from .endpointer import EndpointConfig, Endpointer
 from .engine import BatchingEngine, EngineClosed, Job, QueueFull
 from .pcm import PcmDecoder, PcmError
-from .resample import StreamResampler
+from model.resample import StreamResampler
 from .vad import FRAME, FRAME_S, SpeechDetector
 
 RATE = 16000
+SLICE_S = 0.25  # source audio consumed between two turns of the event loop
 
 
 class StreamError(Exception):
@@ -53,6 +55,7 @@ class StreamLimits:
     partial_beam_size: int = 1
     vad_threshold: float = 0.5
     max_segment_s: float = 20.0
+    max_pending_finals: int = 2  # beyond this many undecoded finals the session stops taking audio
 
 
 class AudioTape:
@@ -108,6 +111,10 @@ class StreamSession:
         self.finished = False
         self.draining = False  # the server ended the session (shutdown), not the client
         self.audio_seconds = 0.0
+        self.held_s = 0.0  # time the session spent waiting for its finals (the client is not to blame for it)
+        self._lock = asyncio.Lock()  # one feed or finish at a time: they share the resampler, VAD and tape
+        self._finals: list[Job] = []
+        self._drain: asyncio.Future | None = None
         self._outbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._jobs: list[Job] = []
         self._segment = 0
@@ -119,6 +126,11 @@ class StreamSession:
                                             endpoint_frames=endpoint_frames,
                                             max_frames=int(limits.max_segment_s / FRAME_S))
         self._setup()
+
+    @property
+    def rate(self) -> int:
+        """The sample rate the session decodes at (whatever rate the client sends)."""
+        return RATE
 
     def _setup(self) -> None:
         self._pcm = PcmDecoder(self.options.encoding)
@@ -135,7 +147,9 @@ class StreamSession:
         self.options = options
         self._setup()
 
-    def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes) -> None:
+        """Take one binary frame. Returns once its audio is consumed; while this session's finals are backed
+        up it waits, so the caller stops reading the socket and a client that outruns the model is slowed."""
         if self.draining:
             return  # frames the client sent before it learned of the shutdown: too late to decode
         if self.finished:
@@ -150,27 +164,36 @@ class StreamSession:
         self.audio_seconds += len(samples) / self.options.sample_rate
         if self.audio_seconds > self.limits.max_seconds:
             raise StreamError(1008, f"the session is over its {self.limits.max_seconds:g} s audio limit")
-        audio = self._resampler.push(samples)
-        self._consume(audio, self._vad.push(audio))
-        self._maybe_partial()
+        step = max(1, int(SLICE_S * self.options.sample_rate))
+        async with self._lock:
+            for i in range(0, len(samples), step):
+                if self.finished:
+                    return
+                audio = self._resampler.push(samples[i: i + step])
+                for start, end in self._consume(audio, self._vad.push(audio)):
+                    await self._queue_final(start, end)
+                self._forget()
+                self._maybe_partial()
+                await asyncio.sleep(0)  # a large frame is consumed in slices, so other connections get turns
 
-    def finish(self) -> None:
+    async def finish(self, force: bool = False) -> None:
         """The client sent eof: close the last segment; :meth:`messages` ends after its final."""
         if self.finished:
             return
         self.finished = True
-        audio = self._resampler.flush()
-        self._consume(audio, np.concatenate([self._vad.push(audio), self._vad.flush()]))
-        last = self._endpoints.finish()
-        if last is not None:
-            self._submit_final(*last)
-        self._outbox.put_nowait(None)
+        async with self._lock:
+            audio = self._resampler.flush()
+            closed = self._consume(audio, np.concatenate([self._vad.push(audio), self._vad.flush()]))
+            last = self._endpoints.finish()
+            for start, end in closed + ([last] if last is not None else []):
+                await self._queue_final(start, end, force=force)
+            self._outbox.put_nowait(None)
 
     def drain(self) -> None:
         """The server is shutting down: decode what has arrived as if the client had sent eof."""
         if not self.finished:
             self.draining = True
-            self.finish()
+            self._drain = asyncio.ensure_future(self.finish(force=True))
 
     def abort(self) -> None:
         """The client is gone: drop every decode that has not run yet."""
@@ -179,28 +202,42 @@ class StreamSession:
             job.cancel()
         self._outbox.put_nowait(None)
 
-    def _consume(self, audio: np.ndarray, probs: np.ndarray) -> None:
+    def _consume(self, audio: np.ndarray, probs: np.ndarray) -> list[tuple[int, int]]:
+        """Keep the audio and advance the endpointer; returns the segments (in VAD frames) that closed."""
         self._tape.append(audio)
-        for start, end in self._endpoints.update(probs):
-            self._submit_final(start, end)
+        return self._endpoints.update(probs)
+
+    def _forget(self) -> None:
+        """Drop the audio no future segment can reach (call once the closed segments are queued)."""
         open_start = self._endpoints.start
         reach = self._endpoints.frames - self._endpoint_cfg.pad_frames
         self._tape.forget_before(FRAME * (open_start if open_start is not None else max(0, reach)))
 
     # ------------------------------------------------------------------ decoding
 
-    def _submit(self, kind: str, start: int, end: int, beam: int, force: bool) -> Job:
+    def _submit(self, kind: str, start: int, end: int, beam: int, force: bool = False, reserve: int = 0) -> Job:
         try:
             job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam),
-                                      force=force, request_id=self.request_id)
+                                      force=force, reserve=reserve, request_id=self.request_id)
         except EngineClosed as e:
             raise StreamError(1001, str(e)) from e
         self._jobs = [j for j in self._jobs if not j.future.done()] + [job]
         self._outbox.put_nowait(_Pending(kind, self._segment, start / RATE, end / RATE, job))
         return job
 
-    def _submit_final(self, start_frame: int, end_frame: int) -> None:
-        self._submit("final", start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=True)
+    async def _queue_final(self, start_frame: int, end_frame: int, force: bool = False) -> None:
+        """Queue a closed segment's final, after waiting for room among this session's own finals. Finals count
+        against the server's queue like uploads do: a full queue ends the session with 1013 (retry later).
+        Only the shutdown drain forces them in."""
+        while len(pending := [j for j in self._finals if not j.future.done()]) >= self.limits.max_pending_finals:
+            waited = time.monotonic()
+            await asyncio.wait([pending[0].future])
+            self.held_s += time.monotonic() - waited
+        try:
+            job = self._submit("final", start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=force)
+        except QueueFull as e:
+            raise StreamError(1013, f"the server is busy ({e}); retry shortly") from e
+        self._finals = [*pending, job]
         self._segment += 1
         self._partial_mark = 0
 
@@ -211,8 +248,9 @@ class StreamSession:
         mark = max(self._partial_mark, start)
         if now - mark < self.limits.partial_interval_s * RATE:
             return
-        try:
-            self._partial = self._submit("partial", start, now, self.limits.partial_beam_size, force=False)
+        try:  # partials are shed first: they may only use the lower half of the queue
+            self._partial = self._submit("partial", start, now, self.limits.partial_beam_size,
+                                         reserve=self._engine.policy.queue_depth // 2)
         except QueueFull:
             return  # partials are best-effort: the next chunk tries again
         self._partial_mark = now

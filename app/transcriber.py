@@ -7,16 +7,19 @@ the client can fix and never formats a response itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.alignment import WordTiming
-from model.audio import AudioError, decode_audio
+from model.audio import AudioError, AudioTooLong, decode_audio
 from model.decoding import DecodeOptions
 from model.recognizer import NBest, TranscriptionResult
 
@@ -48,10 +51,16 @@ class Transcript:
 
 class TranscriptionService:
     def __init__(self, engine: BatchingEngine, detector: SpeechDetector, *, sample_rate: int,
-                 max_segment_s: float, max_audio_s: float, retry_after_s: int) -> None:
+                 max_segment_s: float, max_audio_s: float, retry_after_s: int, max_decodes: int = 2,
+                 decode_wait_s: float = 10.0) -> None:
         self._engine, self._detector = engine, detector
         self.rate, self.max_segment_s, self.max_audio_s = sample_rate, max_segment_s, max_audio_s
         self.retry_after_s = retry_after_s
+        # Each decode holds up to max_audio_s of audio and a core: bound how many run at once. A slot is freed
+        # when its thread ends, not when its client leaves, so an abandoned decode still counts.
+        self._decodes = asyncio.Semaphore(max_decodes)
+        self._decoder = ThreadPoolExecutor(max_decodes, thread_name_prefix="asr-decode")
+        self._decode_wait_s = decode_wait_s
 
     def check_capacity(self) -> None:
         """Refuse before the upload is even read when the queue is already full (saves the client the upload)."""
@@ -64,19 +73,30 @@ class TranscriptionService:
     def _prepare(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Runs on a helper thread: decoding and VAD are CPU work that must stay off the event loop."""
         try:
-            audio, _ = decode_audio(data, target_rate=self.rate)
+            audio, _ = decode_audio(data, target_rate=self.rate, max_seconds=self.max_audio_s)
+        except AudioTooLong as e:
+            raise ApiError(413, str(e)) from e
         except AudioError as e:  # libsndfile names the in-memory file object; the client needs only the reason
             raise ApiError(400, re.sub(r"Error opening <[^>]*>: ", "", str(e))) from e
-        if len(audio) > self.max_audio_s * self.rate:
-            raise ApiError(413, f"the audio is {len(audio) / self.rate:.1f} s long; the limit is {self.max_audio_s:g} s")
         return audio, plan_segments(self._detector, audio, self.rate, self.max_segment_s)
+
+    async def _prepare_bounded(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """:meth:`_prepare` on a helper thread, at most ``max_decodes`` at a time; 429 after waiting too long."""
+        try:
+            await asyncio.wait_for(self._decodes.acquire(), self._decode_wait_s)
+        except TimeoutError:
+            raise self._busy("every decoding slot is taken") from None
+        loop = asyncio.get_running_loop()
+        work = self._decoder.submit(contextvars.copy_context().run, self._prepare, data)
+        work.add_done_callback(lambda _: _call_soon(loop, self._decodes.release))
+        return await asyncio.wrap_future(work)
 
     async def _submit(self, data: bytes, options: DecodeOptions, request_id: str,
                       on_result: OnResult | None = None) -> tuple[Job | None, list[tuple[int, int]], float, float]:
         """Decode, cut and queue an upload: ``(job, spans, duration, preprocess_ms)``; no job when it holds no speech."""
         started = time.perf_counter()
         with self._engine.incoming():
-            audio, spans = await asyncio.to_thread(self._prepare, data)
+            audio, spans = await self._prepare_bounded(data)
             preprocess_ms = (time.perf_counter() - started) * 1000
             duration = len(audio) / self.rate
             if not spans:
@@ -133,6 +153,11 @@ class TranscriptionService:
         finally:
             if not job.future.done():
                 job.cancel()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    with suppress(RuntimeError):  # the loop is closed (shutdown): nobody waits for the slot any more
+        loop.call_soon_threadsafe(fn)
 
 
 async def _unless_gone(job: Job, disconnected: Callable[[], Awaitable[object]] | None):

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from .common import emit, print_table
+from .server import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [
     "the weather is lovely today and the sky is clear",
     "please call stella and ask her to bring these things with her",
@@ -121,48 +118,14 @@ def phase(url: str, clips, args, headers: dict, label: str) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """``speech-transformer serve`` in a subprocess, so the clients and the server do not share a GIL."""
-
-    def __init__(self, weights: Path, max_batch: int, args, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"ASR_WEIGHTS": str(weights), "ASR_MAX_BATCH_SIZE": str(max_batch),
-                            "ASR_QUEUE_DEPTH": str(max(128, 8 * args.concurrency)), "ASR_LOG_LEVEL": "warning",
-                            "ASR_MAX_WAIT_MS": str(args.max_wait_ms)}
-        if args.beam:
-            env["ASR_DEFAULT_BEAM_SIZE"] = str(args.beam)
-        if args.torch_threads:
-            env["ASR_TORCH_THREADS"] = str(args.torch_threads)
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready in 10 minutes")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+def start_server(weights: Path, max_batch: int, args, log: Path) -> ServerProcess:
+    settings = {"max_batch_size": max_batch, "queue_depth": max(128, 8 * args.concurrency),
+                "max_wait_ms": args.max_wait_ms}
+    if args.beam:
+        settings["default_beam_size"] = args.beam
+    if args.torch_threads:
+        settings["torch_threads"] = args.torch_threads
+    return ServerProcess(weights, log, settings)
 
 
 def main() -> None:
@@ -195,7 +158,7 @@ def main() -> None:
             print(f"model: {model}; server torch threads: {args.torch_threads or 'default'}")
             rows = []
             for label, size in (("batching", args.max_batch), ("batch size 1", 1)):
-                server = LocalServer(weights, size, args, scratch / f"server-{size}.log")
+                server = start_server(weights, size, args, scratch / f"server-{size}.log")
                 try:
                     rows.append(phase(server.url, clips, args, {}, f"{label} (max {size})"))
                 finally:

@@ -17,7 +17,8 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from model.audio import resample, to_mono
+from model.audio import to_mono
+from model.resample import resample
 from model.config import FeatureConfig
 from model.features import FilterbankFeatures
 

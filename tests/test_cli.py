@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from app.cli import build_parser, main
+from bench.server import free_port
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +29,6 @@ def files(tmp_path_factory, speech) -> list[Path]:
         path.write_bytes(speech[name].wav)
         paths.append(path)
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_transcribe_prints_one_line_per_file_like_the_server(server, checkpoint, files, capsys) -> None:

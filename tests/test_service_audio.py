@@ -13,7 +13,7 @@ from app.config import Settings
 from app.endpointer import EndpointConfig, Endpointer
 from app.formats import to_srt, to_vtt
 from app.pcm import PcmDecoder, PcmError
-from app.resample import StreamResampler
+from model.resample import StreamResampler
 from app.segmenter import plan_segments
 from app.transcriber import SegmentText
 from app.vad import SpeechDetector

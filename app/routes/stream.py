@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextlib import suppress
 
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from model.resample import prepare as prepare_resampler
+
+from ..config import Settings
 from ..observability import request_id
 from ..pcm import ENCODINGS
 from ..schemas import StreamConfigMessage
@@ -34,7 +38,8 @@ def limits_from(state: ServiceState) -> StreamLimits:
                         partial_interval_s=s.stream_partial_interval_ms / 1000,
                         endpoint_silence_s=s.stream_endpoint_silence_ms / 1000,
                         partial_beam_size=s.stream_partial_beam_size, vad_threshold=s.vad_threshold,
-                        max_segment_s=state.worker.max_segment_seconds)
+                        max_segment_s=state.worker.max_segment_seconds,
+                        max_pending_finals=s.stream_max_pending_finals)
 
 
 def parse_control(text: str, state: ServiceState) -> StreamOptions | None:
@@ -49,13 +54,13 @@ def parse_control(text: str, state: ServiceState) -> StreamOptions | None:
         return None
     if message["type"] != "config":
         raise StreamError(1008, f"unknown message type {message['type']!r} (expected config or eof)")
-    if message.get("encoding", "pcm_s16le") not in ENCODINGS:
-        raise StreamError(1003, f"unsupported encoding {message.get('encoding')!r}; use one of {sorted(ENCODINGS)}")
     try:
         cfg = StreamConfigMessage.model_validate(message)
     except ValidationError as e:
         detail = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise StreamError(1007, f"invalid config: {detail}") from e
+    if cfg.encoding not in ENCODINGS:
+        raise StreamError(1003, f"unsupported encoding {cfg.encoding!r}; use one of {sorted(ENCODINGS)}")
     beam = cfg.beam_size or state.settings.default_beam_size
     if beam > state.settings.max_beam_size:
         raise StreamError(1007, f"invalid config: beam_size must be at most {state.settings.max_beam_size}")
@@ -68,43 +73,73 @@ async def _pump(ws: WebSocket, session: StreamSession) -> None:
         await ws.send_json(message)
 
 
+class Pace:
+    """When a session must end for its pace: too slow a sender after the grace period, or too long a session."""
+
+    def __init__(self, settings: Settings, session: StreamSession) -> None:
+        self.session, self.started = session, time.monotonic()
+        self.min_realtime, self.grace_s = settings.stream_min_realtime, settings.stream_rate_grace_s
+        self.max_duration_s = settings.stream_max_duration_s
+
+    def check(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.max_duration_s:
+            raise StreamError(1008, f"the session is over its {self.max_duration_s:g} s wall-clock limit")
+        owed = self.min_realtime * (elapsed - self.session.held_s - self.grace_s)
+        if owed > 0 and self.session.audio_seconds < owed:
+            raise StreamError(1008, f"too slow: {self.session.audio_seconds:.1f} s of audio in {elapsed:.0f} s; "
+                                    f"send at least {self.min_realtime:g} s of audio per second")
+
+    def next_check_s(self) -> float:
+        return 1.0 if self.min_realtime > 0 else max(0.05, self.started + self.max_duration_s - time.monotonic())
+
+
 async def _run(ws: WebSocket, session: StreamSession, state: ServiceState) -> int:
     """Serve one session until eof (returns 1000) or the client leaves (returns its close code)."""
     sender = asyncio.create_task(_pump(ws, session))
-    idle = state.settings.stream_idle_timeout_s
+    idle, pace = state.settings.stream_idle_timeout_s, Pace(state.settings, session)
+    receiving: asyncio.Future | None = None
     try:
+        last_message = time.monotonic()
         while True:
-            receiving = asyncio.ensure_future(ws.receive())
-            done, _ = await asyncio.wait({receiving, sender}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+            receiving = receiving or asyncio.ensure_future(ws.receive())
+            wait_s = min(pace.next_check_s(), max(0.0, last_message + idle - time.monotonic()))
+            done, _ = await asyncio.wait({receiving, sender}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
             if sender in done:
-                receiving.cancel()
                 sender.result()  # raises the StreamError that ended it
                 if session.draining:  # every final is out; tell the client to reconnect elsewhere
                     await ws.close(1001, "the server is shutting down")
                     return 1001
                 raise StreamError(1011, "internal error: the session stopped sending")
             if receiving not in done:
-                receiving.cancel()
-                raise StreamError(1001, f"no message for {idle:g} s")
-            message = receiving.result()
+                if time.monotonic() - last_message >= idle:
+                    raise StreamError(1001, f"no message for {idle:g} s")
+                pace.check()
+                continue
+            message, receiving, last_message = receiving.result(), None, time.monotonic()
             if message["type"] == "websocket.disconnect":
                 session.abort()
                 return int(message.get("code", 1005))
+            pace.check()
             if message.get("bytes") is not None:
-                session.feed(message["bytes"])
+                await session.feed(message["bytes"])  # waits while this session's finals are backed up
+                last_message = time.monotonic()
                 continue
             text = message.get("text") or ""
             if len(text) > state.settings.stream_max_frame_bytes:
                 raise StreamError(1009, "text message too large")
             options = parse_control(text, state)
             if options is not None:
+                await asyncio.to_thread(prepare_resampler, options.sample_rate, session.rate)
                 session.configure(options)
                 continue
-            session.finish()
+            await session.finish()
             await sender  # every final is out
             await ws.close(1000)
             return 1000
     finally:
+        if receiving is not None:
+            receiving.cancel()
         if not sender.done():
             sender.cancel()
         if not session.finished:
