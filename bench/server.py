@@ -44,9 +44,13 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.proc.returncode}); see {log}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                ready = httpx.get(f"{self.url}/readyz", timeout=5)
+                if ready.status_code == 200:
                     break
-            except httpx.HTTPError:
+                if ready.json().get("status") == "failed":
+                    self.stop()
+                    raise RuntimeError(f"the model failed to load: {ready.json().get('detail')}; see {log}")
+            except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not become ready in {ready_timeout_s:g} s")
