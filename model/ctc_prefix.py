@@ -15,6 +15,7 @@ import torch
 NEG_INF = float("-inf")
 CLOSED_FORM_MAX = 16384  # frames x rows up to which the loop-free solver is faster (measured on a 2-core CPU)
 UNLIKELY = 1e6  # log-probabilities are clamped to >= -UNLIKELY; a score below -UNLIKELY / 2 means impossible
+IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below every possible one but stay comparable
 
 
 class CTCPrefixScorer:
@@ -40,15 +41,21 @@ class CTCPrefixScorer:
         self.r_b = x[:, self.utt, blank].cumsum(0)
         self.last = torch.full((u * beams,), -1, dtype=torch.long, device=x.device)
         self.length = 0  # labels in every row's prefix
+        self.prev = torch.zeros(u * beams, dtype=x.dtype, device=x.device)  # each row's own prefix log-probability
+        self._ends = torch.zeros_like(self.prev)
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``(rows, C)`` that the CTC output starts with each row extended by each candidate.
+    def extend(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        """How much each candidate ``(rows, C)`` (``None``: every token) changes each row's prefix log-probability.
 
-        For ``eos`` it is the probability of exactly the row's hypothesis instead. A candidate's prefix score needs
-        only its parent's state, not its own forward variables: those are computed in :meth:`select`, for the few
-        candidates that survive (a beam keeps ``rows`` of ``rows x C``), which saves most of the recursion's cost.
+        The prefix log-probability is that of the CTC output starting with the row extended by the candidate; for
+        ``eos``, of being exactly the row's hypothesis. An impossible extension gains :data:`IMPOSSIBLE`. A
+        candidate's score needs only its parent's state, not its own forward variables: those are computed in
+        :meth:`select`, for the few candidates that survive (a beam keeps ``rows`` of ``rows x C``), which saves
+        most of the recursion's cost.
         """
+        if tokens is None:
+            tokens = torch.arange(self.x.shape[-1], device=self.x.device).expand(self.last.numel(), -1)
         x_c = self.x[:, self.utt[:, None], tokens]  # (T, rows, C)
         total = torch.logaddexp(self.r_n, self.r_b)
         # A repeated label needs a blank in between: only paths that end in blank may emit it again.
@@ -63,22 +70,29 @@ class CTCPrefixScorer:
         # The blank is CTC's, never an output token; a path through a clamped frame is no path at all.
         scores = scores.masked_fill((tokens == self.blank) | (scores < -UNLIKELY / 2), NEG_INF)
         self._pending = (tokens, phi_prev, x_c, scores)
-        return scores
+        self._ends = total[-1].masked_fill(total[-1] < -UNLIKELY / 2, NEG_INF)
+        return torch.where(torch.isfinite(scores), scores - self.prev[:, None], IMPOSSIBLE)
 
-    def select(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Candidate ``cols[i]`` of row ``rows[i]`` becomes row ``i``; returns the survivors' prefix scores."""
+    def end_logprob(self, rows: torch.Tensor) -> torch.Tensor:
+        """Log-probability that the CTC output is exactly the hypothesis of each of ``rows`` (of the last
+        :meth:`extend`): what the search reports for a hypothesis that ends there."""
+        return self._ends[rows]
+
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Row ``rows[i]`` extended by ``tokens[i]`` (one of its candidates in :meth:`extend`) becomes row ``i``."""
         if self._pending is None:
             raise RuntimeError("extend() must come before select()")
-        tokens, phi_prev, x_c, scores = self._pending
+        candidates, phi_prev, x_c, scores = self._pending
+        cols = (candidates[rows] == tokens[:, None]).int().argmax(1)
         utt = self.utt[rows]
         x_b = self.x[:, utt, self.blank]
         solve = _closed_form if rows.numel() * self.frames <= CLOSED_FORM_MAX else _frame_by_frame
         self.r_n, self.r_b = solve(phi_prev[:, rows, cols], x_c[:, rows, cols], x_b, max(1, self.length))
-        self.last = tokens[rows, cols]
+        self.last = tokens
         self.utt = utt
         self.length += 1
+        self.prev = scores[rows, cols]
         self._pending = None
-        return scores[rows, cols]
 
 
 def _frame_by_frame(phi_prev: torch.Tensor, x_c: torch.Tensor, x_b: torch.Tensor,

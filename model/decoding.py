@@ -1,13 +1,16 @@
-"""Greedy and batched beam search over the attention decoder, with an explicit KV cache.
+"""Batched beam search over the attention decoder, joined by the CTC prefix scorer and word-LM fusion.
 
-B utterances x K beams run as one ``(B*K)`` batch per step. The encoder output's cross-attention keys/values are
-projected once per utterance and shared by its beams; decoder self-attention keys/values live in a preallocated
-:class:`~model.kv_cache.KVCache` reordered by beam parent. An utterance whose beams are all finished leaves the
-active batch, so each step's compute tracks the live hypotheses.
+B utterances x K beams run as one ``(B*K)``-row batch per step. Every source of scores is a
+:class:`~model.scorer.Scorer` over those rows: the attention decoder with its KV cache
+(:mod:`model.decoder_scorer`), the CTC prefix scorer (:mod:`model.ctc_prefix`) and word-LM fusion
+(:mod:`model.lm_fusion`). Each step the decoder proposes, the length rules filter its proposals, the other scorers
+score the decoder's best few tokens per beam, and the search keeps the weighted best. Its other jobs are named
+helpers: finishing hypotheses, pruning to K, and letting an utterance whose beams are all finished leave the
+batch, so each step's compute tracks the live hypotheses. :mod:`model.ranking` orders what finished.
 
-With a CTC head the search is joint by default: each beam's best few decoder tokens are also scored by the CTC
-prefix probability (:mod:`model.ctc_prefix`), which keeps hypotheses aligned with the audio (no dropped or looped
-words). ``ctc_mode="rescore"`` instead only re-ranks the finished n-best with the whole-sequence CTC likelihood.
+With a CTC head the search is joint by default: the CTC prefix probability keeps hypotheses aligned with the audio
+(no dropped or looped words). ``ctc_mode="rescore"`` instead only re-ranks the finished n-best with the
+whole-sequence CTC likelihood.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .ctc_prefix import CTCPrefixScorer
+from .decoder_scorer import DecoderScorer
 from .lm_fusion import WordLMFusion
-from .transformer import SpeechTransformer, padding_mask
+from .ranking import Finished, Hypothesis, rank
+from .scorer import Scorer
+from .transformer import SpeechTransformer
 
-IMPOSSIBLE = -1e4  # a finite stand-in for log(0): such hypotheses rank below every possible one but stay comparable
+__all__ = ["DecodeOptions", "Hypothesis", "beam_search"]
 
 
 @dataclass(frozen=True)
@@ -68,18 +73,6 @@ class DecodeOptions:
             raise ValueError("ctc_mode must be 'prefix' or 'rescore'")
 
 
-@dataclass(frozen=True)
-class Hypothesis:
-    tokens: tuple[int, ...]
-    score: float  # the ranking score (length-normalised, CTC-combined when enabled)
-    att_logprob: float  # sum of decoder log-probabilities, end token included
-    ctc_logprob: float | None = None
-
-
-def _normalise(logprob: float, length: int, alpha: float) -> float:
-    return logprob / max(length, 1) ** alpha
-
-
 @torch.no_grad()
 def beam_search(
     model: SpeechTransformer,
@@ -89,174 +82,140 @@ def beam_search(
     ctc_logprobs: torch.Tensor | None = None,
     fusion: WordLMFusion | None = None,
 ) -> list[list[Hypothesis]]:
-    """Decode every utterance of ``memory`` ``(B, T, d)``; returns its ``opts.n_best`` hypotheses, best first."""
-    cfg, dec = model.cfg, model.decoder
-    batch, frames, _ = memory.shape
+    """Decode every utterance of ``memory`` ``(B, T, d)``; returns its ``opts.n_best`` hypotheses, best first.
+
+    ``ctc_logprobs`` ``(B, T, V)``: the CTC head's, for joint scoring or re-scoring; ``fusion``: a word LM that
+    joins the search with weight ``opts.lm_fusion_weight``."""
+    cfg, batch = model.cfg, memory.shape[0]
     beams = min(opts.beam_size, cfg.vocab_size // 2)
-    device = memory.device
-    mask = padding_mask(lengths, frames)
-    mem_kv = dec.memory_kv(memory)
-    max_lens = (lengths.float() * opts.max_len_ratio).ceil().long().clamp(1, cfg.max_target_positions - 1).tolist()
-    steps = max(max_lens)
-    weight = opts.ctc_weight if ctc_logprobs is not None else 0.0
-    prefix = None
-    if weight > 0 and opts.ctc_mode == "prefix":
-        prefix = CTCPrefixScorer(ctc_logprobs, lengths, beams, blank=cfg.pad_id, eos=cfg.eos_id)
-        width = min(cfg.vocab_size, opts.ctc_prebeam or max(beams + 1, math.ceil(1.5 * beams)))
-        ctc_prev = torch.zeros(batch * beams, device=device)
-
-    active = list(range(batch))  # original index of each utterance still decoding
-    max_len_t = torch.tensor(max_lens, device=device)
-    scores = torch.zeros(batch, beams, device=device)  # what ranks the beams: attention, or joint in prefix mode
-    scores[:, 1:] = float("-inf")  # every beam starts identical: keep only one alive at the first step
-    att = torch.zeros(batch, beams, device=device)  # the attention decoder's own log-probability
-    history = torch.zeros(batch * beams, steps, dtype=torch.long, device=device)
-    last = torch.full((batch * beams,), cfg.sos_id, dtype=torch.long, device=device)
-    cache = dec.new_cache(batch * beams, steps, device, mem_kv[0][0].dtype) if opts.use_cache else None
-    finished: list[list[_Finished]] = [[] for _ in range(batch)]
+    max_lens = (lengths.float() * opts.max_len_ratio).ceil().long().clamp(1, cfg.max_target_positions - 1)
+    steps = int(max_lens.max())
+    decoder = DecoderScorer(model.decoder, memory, lengths, beams, steps, cfg.sos_id, opts.use_cache)
+    ctc_weight = opts.ctc_weight if ctc_logprobs is not None else 0.0
+    ctc = None
+    if ctc_weight > 0 and opts.ctc_mode == "prefix":
+        ctc = CTCPrefixScorer(ctc_logprobs, lengths, beams, blank=cfg.pad_id, eos=cfg.eos_id)
+    others: list[tuple[Scorer, float]] = [(ctc, ctc_weight)] if ctc is not None else []
     if fusion is not None:
-        fusion.start(batch * beams)
+        fusion.start(batch * beams, memory.device)
+        others.append((fusion, opts.lm_fusion_weight))
+    # Only the decoder's best few tokens per beam are worth a CTC pass over the frames.
+    width = None if ctc is None else min(cfg.vocab_size, opts.ctc_prebeam or max(beams + 1, math.ceil(1.5 * beams)))
+    scorers = [decoder] + [scorer for scorer, _ in others]
 
+    live = _Beams.start(max_lens, beams, steps)
+    finished: list[list[Finished]] = [[] for _ in range(batch)]
     for t in range(steps):
-        n = len(active)
-        if cache is not None:
-            logits = dec.step(last, cache, mem_kv, mask, beams)
-        else:
-            sos = torch.full((n * beams, 1), cfg.sos_id, device=device)
-            prefix_tokens = torch.cat([sos, history[: n * beams, :t]], 1)
-            kv = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0)) for k, v in mem_kv]
-            logits = dec(prefix_tokens, kv, mask.repeat_interleave(beams, 0))[:, -1]
-        logp = F.log_softmax(logits.float(), dim=-1).view(n, beams, -1)
-        vocab = logp.shape[-1]
-        if t < opts.min_len:
-            logp[..., cfg.eos_id] = float("-inf")
-        must_end = max_len_t == t + 1  # out of length budget: only the end token may follow
-        if must_end.any():
-            logp = torch.where(must_end[:, None, None], torch.full_like(logp, float("-inf")), logp)
-            logp[..., cfg.eos_id] = torch.where(must_end[:, None], 0.0, logp[..., cfg.eos_id])
-
-        if prefix is None:
-            gain, cand_tokens, cand_ctc, per_beam = logp, None, None, vocab
-        else:
-            # Only the decoder's best few tokens per beam are worth a CTC pass over the frames.
-            att_top, cand_tokens = logp.topk(width, dim=-1)
-            cand_ctc = prefix.extend(cand_tokens.view(n * beams, width)).view(n, beams, width)
-            ctc_gain = torch.where(torch.isfinite(cand_ctc), cand_ctc - ctc_prev.view(n, beams, 1), IMPOSSIBLE)
-            gain, per_beam = (1 - weight) * att_top + weight * ctc_gain, width
-            logp = att_top
-        if fusion is not None:
-            cands = cand_tokens.view(n * beams, width) if cand_tokens is not None else \
-                torch.arange(vocab, device=device).expand(n * beams, vocab)
-            gain = gain + fusion.bonus(cands).view(n, beams, -1)
-        cand = (scores[:, :, None] + gain).view(n, -1)
-        top_scores, top_idx = cand.topk(2 * beams, dim=1)
-        parent, col = top_idx // per_beam, top_idx % per_beam
-        token = col if cand_tokens is None else cand_tokens.view(n, -1).gather(1, top_idx)
-        top_att = att.gather(1, parent) + logp.view(n, -1).gather(1, top_idx)
-        is_end = token == cfg.eos_id
-
-        # End tokens ranked within the first K candidates complete a hypothesis.
-        done_now = (is_end[:, :beams] & torch.isfinite(top_scores[:, :beams])).nonzero().tolist()
-        for u, r in done_now:
-            row = u * beams + int(parent[u, r])
-            ctc = None if cand_ctc is None else float(cand_ctc.view(n, -1)[u, int(top_idx[u, r])])
-            finished[active[u]].append(_Finished(tuple(history[row, :t].tolist()), float(top_scores[u, r]),
-                                                 float(top_att[u, r]), ctc))
-
-        # The K best candidates that do not end stay alive.
-        rank = torch.arange(2 * beams, device=device).expand(n, -1)
-        keep_idx = (rank + is_end.long() * 2 * beams).topk(beams, dim=1, largest=False).indices
-        scores, att = top_scores.gather(1, keep_idx), top_att.gather(1, keep_idx)
-        parent, col, token = parent.gather(1, keep_idx), col.gather(1, keep_idx), token.gather(1, keep_idx)
-
-        still = torch.tensor([len(finished[i]) < beams for i in active], device=device) & ~must_end
-        if not bool(still.any()):
+        logp, must_end = _length_rules(decoder.extend(None).view(len(live.active), beams, -1), t, live.max_len,
+                                       opts.min_len, cfg.eos_id)
+        step = _expand(live, logp, 1.0 if ctc is None else 1 - ctc_weight, others, width)
+        _finish(step, live, t, finished, ctc, cfg.eos_id)
+        if not _advance(live, _prune(step, beams, cfg.eos_id), t, finished, must_end, scorers):
             break
-        keep_u = still.nonzero().squeeze(1)
-        rows = (keep_u[:, None] * beams + parent[keep_u]).flatten()
-        history[: rows.numel()] = history[rows]
-        history[: rows.numel(), t] = token[keep_u].flatten()
-        last = token[keep_u].flatten()
-        if cache is not None:
-            cache.select(rows)
-        if prefix is not None:
-            ctc_prev = prefix.select(rows, col[keep_u].flatten())
-        if fusion is not None:
-            fusion.select(rows.tolist(), last.tolist())
-        if keep_u.numel() < n:
-            mem_kv = [(k[keep_u], v[keep_u]) for k, v in mem_kv]
-            mask, max_len_t = mask[keep_u], max_len_t[keep_u]
-            active = [active[i] for i in keep_u.tolist()]
-        scores, att = scores[keep_u], att[keep_u]
 
-    rescore = ctc_logprobs if weight > 0 and prefix is None else None
-    return _rank(finished, opts, rescore, lengths)
+    rescore = ctc_logprobs if ctc_weight > 0 and ctc is None else None
+    return rank(finished, opts.n_best, opts.length_penalty, opts.ctc_weight, rescore, lengths)
+
+
+@dataclass
+class _Beams:
+    """The live hypotheses: K beams of each of ``n`` utterances still decoding, row ``u * K + k`` in every scorer."""
+
+    active: list[int]  # original index of each utterance still decoding
+    scores: torch.Tensor  # (n, K) what ranks them: the weighted sum of every scorer's log-scores
+    att: torch.Tensor  # (n, K) the attention decoder's own log-probability
+    max_len: torch.Tensor  # (n,) each utterance's token budget
+    history: torch.Tensor  # (B*K, steps) the tokens so far; the first n*K rows are live
+
+    @classmethod
+    def start(cls, max_len: torch.Tensor, beams: int, steps: int) -> _Beams:
+        batch, device = max_len.shape[0], max_len.device
+        scores = torch.zeros(batch, beams, device=device)
+        scores[:, 1:] = float("-inf")  # every beam starts identical: keep only one alive at the first step
+        history = torch.zeros(batch * beams, steps, dtype=torch.long, device=device)
+        return cls(list(range(batch)), scores, torch.zeros(batch, beams, device=device), max_len, history)
 
 
 @dataclass(frozen=True)
-class _Finished:
-    tokens: tuple[int, ...]
-    score: float  # the search's own score (attention, or joint in prefix mode), not yet length-normalised
-    att: float
-    ctc: float | None
+class _Step:
+    """The best extensions of each live utterance's beams, best first: ``(n, 2K)``, or ``(n, K)`` once pruned."""
+
+    scores: torch.Tensor
+    att: torch.Tensor
+    parent: torch.Tensor  # the beam each extends
+    token: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> _Step:
+        return _Step(*(x.gather(1, index) for x in (self.scores, self.att, self.parent, self.token)))
 
 
-def _rank(
-    finished: list[list[_Finished]],
-    opts: DecodeOptions,
-    rescore_ctc: torch.Tensor | None,
-    lengths: torch.Tensor,
-) -> list[list[Hypothesis]]:
-    """Length-normalise and sort; with ``rescore_ctc``, first mix in the CTC likelihood of each whole hypothesis."""
-    results = []
-    for i, hyps in enumerate(finished):
-        if rescore_ctc is not None:
-            ctc = _ctc_scores(rescore_ctc[i, : int(lengths[i])], [h.tokens for h in hyps])
-            # CTC cannot emit more labels than frames: such hypotheses rank below every possible one.
-            hyps = [_Finished(h.tokens, (1 - opts.ctc_weight) * h.att + opts.ctc_weight * c if math.isfinite(c)
-                              else h.att + IMPOSSIBLE, h.att, c) for h, c in zip(hyps, ctc)]
-        ranked = [Hypothesis(h.tokens, _normalise(h.score, len(h.tokens) + 1, opts.length_penalty), h.att, h.ctc)
-                  for h in hyps]
-        ranked.sort(key=lambda h: h.score, reverse=True)
-        results.append(ranked[: opts.n_best])
-    return results
+def _length_rules(logp: torch.Tensor, t: int, max_len: torch.Tensor, min_len: int,
+                  eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """No end token before ``min_len`` tokens; only the end token once an utterance's budget is spent (returned
+    as ``must_end``). ``logp`` ``(n, K, V)`` may be changed in place."""
+    if t < min_len:
+        logp[..., eos] = float("-inf")
+    must_end = max_len == t + 1
+    if must_end.any():
+        logp = torch.where(must_end[:, None, None], torch.full_like(logp, float("-inf")), logp)
+        logp[..., eos] = torch.where(must_end[:, None], 0.0, logp[..., eos])
+    return logp, must_end
 
 
-def _ctc_scores(logprobs: torch.Tensor, seqs: list[tuple[int, ...]], blank: int = 0) -> list[float]:
-    """CTC log-likelihood of each candidate transcript given one utterance's ``(T, V)`` CTC log-probabilities."""
-    if not seqs or logprobs.shape[0] == 0:
-        return [float("-inf")] * len(seqs)
-    n, frames = len(seqs), logprobs.shape[0]
-    targets = torch.tensor([tok for s in seqs for tok in s], dtype=torch.long)
-    lp = logprobs.float().cpu()[:, None, :].expand(frames, n, -1)
-    loss = F.ctc_loss(
-        lp, targets, torch.full((n,), frames, dtype=torch.long), torch.tensor([len(s) for s in seqs]),
-        blank=blank, reduction="none", zero_infinity=False,
-    )
-    return [-float(x) for x in loss]
+def _expand(live: _Beams, logp: torch.Tensor, weight: float, others: list[tuple[Scorer, float]],
+            width: int | None) -> _Step:
+    """The 2K best extensions of each utterance: the decoder's ``logp`` ``(n, K, V)`` with ``weight``, plus every
+    other scorer's weighted score of the decoder's ``width`` best tokens per beam (all of them if None)."""
+    n, beams, _ = logp.shape
+    tokens = None
+    if width is not None:
+        logp, tokens = logp.topk(width, dim=-1)
+    gain = logp if weight == 1.0 else weight * logp
+    for scorer, w in others:
+        gain = gain + w * scorer.extend(None if tokens is None else tokens.view(n * beams, -1)).view(n, beams, -1)
+    top_scores, top_idx = (live.scores[:, :, None] + gain).view(n, -1).topk(2 * beams, dim=1)
+    parent = top_idx // gain.shape[-1]
+    token = top_idx % gain.shape[-1] if tokens is None else tokens.view(n, -1).gather(1, top_idx)
+    att = live.att.gather(1, parent) + logp.view(n, -1).gather(1, top_idx)
+    return _Step(top_scores, att, parent, token)
 
 
-@torch.no_grad()
-def greedy_search(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Tensor, max_len_ratio: float = 1.0) -> list[tuple[int, ...]]:
-    """Arg-max decoding with the KV cache; the reference that beam size 1 must reproduce."""
-    cfg, dec = model.cfg, model.decoder
-    batch = memory.shape[0]
-    mask = padding_mask(lengths, memory.shape[1])
-    mem_kv = dec.memory_kv(memory)
-    max_lens = (lengths.float() * max_len_ratio).ceil().long().clamp(1, cfg.max_target_positions - 1)
-    steps = int(max_lens.max())
-    cache = dec.new_cache(batch, steps, memory.device, mem_kv[0][0].dtype)
-    last = torch.full((batch,), cfg.sos_id, dtype=torch.long, device=memory.device)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
-    for t in range(steps):
-        logits = dec.step(last, cache, mem_kv, mask, 1)
-        last = logits.argmax(-1)
-        last = torch.where(max_lens == t + 1, torch.full_like(last, cfg.eos_id), last)
-        for i in (~done).nonzero().squeeze(1).tolist():
-            if int(last[i]) != cfg.eos_id:
-                out[i].append(int(last[i]))
-        done |= last == cfg.eos_id
-        if bool(done.all()):
-            break
-    return [tuple(o) for o in out]
+def _finish(step: _Step, live: _Beams, t: int, finished: list[list[Finished]], ctc: CTCPrefixScorer | None,
+            eos: int) -> None:
+    """End tokens ranked within the first K candidates complete a hypothesis."""
+    beams = live.scores.shape[1]
+    ends = (step.token[:, :beams] == eos) & torch.isfinite(step.scores[:, :beams])
+    for u, r in ends.nonzero().tolist():
+        row = u * beams + int(step.parent[u, r])
+        ctc_logprob = None if ctc is None else float(ctc.end_logprob(row))
+        finished[live.active[u]].append(Finished(tuple(live.history[row, :t].tolist()), float(step.scores[u, r]),
+                                                 float(step.att[u, r]), ctc_logprob))
+
+
+def _prune(step: _Step, beams: int, eos: int) -> _Step:
+    """The K best candidates that do not end stay alive."""
+    order = torch.arange(2 * beams, device=step.token.device).expand(step.token.shape[0], -1)
+    keep = (order + (step.token == eos).long() * 2 * beams).topk(beams, dim=1, largest=False).indices
+    return step.take(keep)
+
+
+def _advance(live: _Beams, step: _Step, t: int, finished: list[list[Finished]], must_end: torch.Tensor,
+             scorers: list[Scorer]) -> bool:
+    """Move the survivors into place in every scorer. An utterance with K finished hypotheses, or out of length
+    budget, leaves the batch; returns False when none is left."""
+    beams = live.scores.shape[1]
+    still = torch.tensor([len(finished[i]) < beams for i in live.active], device=must_end.device) & ~must_end
+    if not bool(still.any()):
+        return False
+    keep = still.nonzero().squeeze(1)
+    rows = (keep[:, None] * beams + step.parent[keep]).flatten()
+    tokens = step.token[keep].flatten()
+    live.history[: rows.numel()] = live.history[rows]
+    live.history[: rows.numel(), t] = tokens
+    for scorer in scorers:
+        scorer.select(rows, tokens)
+    if keep.numel() < len(live.active):
+        live.max_len = live.max_len[keep]
+        live.active = [live.active[i] for i in keep.tolist()]
+    live.scores, live.att = step.scores[keep], step.att[keep]
+    return True

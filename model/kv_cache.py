@@ -38,7 +38,7 @@ class KVCache:
         """Mark the position written by every layer this step as part of the prefix."""
         self.length += 1
 
-    def select(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (beam parents, or the survivors when hypotheses finish) as the new ``[:len(index)]``."""
         n, t = index.numel(), self.length
         self.k[:, :n, :, :t] = self.k[:, index, :, :t]

@@ -17,10 +17,13 @@ from .tokenizer import WORD_START, Tokenizer
 
 
 class WordLMFusion:
-    """Per-row word state of a beam search (the words so far and the unfinished one), in the search's row order."""
+    """Per-row word state of a beam search (the words so far and the unfinished one), in the search's row order.
 
-    def __init__(self, lm: NgramLM, tokenizer: Tokenizer, weight: float, eos_id: int, word_bonus: float = 0.0) -> None:
-        self.lm, self.weight, self.eos_id, self.word_bonus = lm, weight, eos_id, word_bonus
+    A :class:`~model.scorer.Scorer`; the search weighs what it adds (``DecodeOptions.lm_fusion_weight``)."""
+
+    def __init__(self, lm: NgramLM, tokenizer: Tokenizer, eos_id: int, word_bonus: float = 0.0) -> None:
+        self.lm, self.eos_id, self.word_bonus = lm, eos_id, word_bonus
+        self.device = torch.device("cpu")
         size = tokenizer.vocab_size
         self._pieces = [tokenizer.sp.id_to_piece(i) for i in range(size)]
         self._opens = torch.tensor([tokenizer.starts_word(i) for i in range(size)])
@@ -29,7 +32,9 @@ class WordLMFusion:
         self.rows: list[tuple[tuple[str, ...], str]] = []
         self._closes, self._ends = torch.zeros(0), torch.zeros(0)
 
-    def start(self, rows: int) -> None:
+    def start(self, rows: int, device: torch.device | str = "cpu") -> None:
+        """``rows`` empty hypotheses; scores are returned on ``device`` (the search's)."""
+        self.device = torch.device(device)
         self.rows = [((BOS,), "")] * rows
         self._closes, self._ends = self._scores(self.rows)
 
@@ -52,18 +57,21 @@ class WordLMFusion:
             ends.append(close + self._word_logp(context, EOS))
         return torch.tensor(closes), torch.tensor(ends)
 
-    def bonus(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(rows, k)`` score additions for extending each row by each of its candidate ``tokens`` ``(rows, k)``."""
+    def extend(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        """``(rows, C)`` LM log-probability (plus word bonus) that extending each row by each of its candidate
+        ``tokens`` ``(rows, C)`` completes; ``None``: every token. Zero where no word completes."""
+        if tokens is None:
+            tokens = torch.arange(len(self._pieces)).expand(len(self.rows), -1)
         tokens_cpu = tokens.cpu()
         opens = self._opens[tokens_cpu]
         out = torch.where(opens, self._closes[:, None], 0.0)
         out = torch.where(tokens_cpu == self.eos_id, self._ends[:, None], out)
-        return (self.weight * out).to(tokens.device)
+        return out.to(self.device)
 
-    def select(self, rows: list[int], tokens: list[int]) -> None:
-        """Keep ``rows`` (indices into the current rows), each extended by its token."""
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Row ``rows[i]`` extended by ``tokens[i]`` becomes row ``i``."""
         kept = []
-        for r, tok in zip(rows, tokens):
+        for r, tok in zip(rows.tolist(), tokens.tolist()):
             context, partial = self.rows[r]
             piece = self._pieces[tok]
             if tok in self._specials:

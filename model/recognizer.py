@@ -129,8 +129,7 @@ class Recognizer:
         rerank = self.lm is not None and opts.lm_weight > 0 and opts.beam_size > 1
         fusion = None
         if self.lm is not None and opts.lm_fusion_weight > 0 and opts.beam_size > 1:
-            fusion = WordLMFusion(self.lm, self.tokenizer, opts.lm_fusion_weight, self.model.cfg.eos_id,
-                                  opts.lm_fusion_bonus)
+            fusion = WordLMFusion(self.lm, self.tokenizer, self.model.cfg.eos_id, opts.lm_fusion_bonus)
         memory, lengths, ctc = self.encode(waveforms)
         with self._autocast():
             nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc,

@@ -31,24 +31,37 @@ def test_whole_sequence_scores_equal_ctc_likelihood_in_a_padded_batch() -> None:
     lp, lengths = ctc_logprobs([12, 7])
     seqs = [[1, 2, 2, 3], [4, 4, 1]]  # repeats need a blank between them: the hard case
     scorer = CTCPrefixScorer(lp, lengths, beams=1, blank=BLANK, eos=EOS)
+    prefix = torch.zeros(2)  # the increments of the chosen tokens add up to each row's prefix log-probability
     for step in range(4):
         tokens = torch.tensor([[s[step] if step < len(s) else 1, EOS] for s in seqs])
-        scores = scorer.extend(tokens)
+        gains = scorer.extend(tokens)
+        ends = scorer.end_logprob(torch.arange(2))
         for u, s in enumerate(seqs):
-            assert scores[u, 1] == pytest.approx(-nll(lp[u], int(lengths[u]), s[:step]), abs=1e-4)
-        scorer.select(torch.tensor([0, 1]), torch.tensor([0, 0]))
+            exact = -nll(lp[u], int(lengths[u]), s[:step])
+            assert float(ends[u]) == pytest.approx(exact, abs=1e-4)
+            assert float(prefix[u] + gains[u, 1]) == pytest.approx(exact, abs=1e-4)
+        prefix += gains[:, 0]
+        scorer.select(torch.tensor([0, 1]), tokens[:, 0])
 
 
 def test_prefix_mass_splits_into_ending_here_and_every_continuation() -> None:
-    # P(output starts with h) = P(output is h) + sum over labels c of P(output starts with h + c)
+    # P(output starts with h) = P(output is h) + sum over labels c of P(output starts with h + c): relative to
+    # the prefix, the increments of ending here and of every continuation sum to probability one.
     lp, lengths = ctc_logprobs([9], seed=4)
     scorer = CTCPrefixScorer(lp, lengths, beams=1, blank=BLANK, eos=EOS)
     labels = torch.tensor([[1, 2, 3, 4, EOS]])
-    previous = torch.tensor(0.0)
     for step in range(3):
-        scores = scorer.extend(labels)[0]
-        assert float(torch.logsumexp(scores, 0)) == pytest.approx(float(previous), abs=1e-4)
-        previous = scorer.select(torch.tensor([0]), torch.tensor([step % 4]))[0]
+        gains = scorer.extend(labels)[0]
+        assert float(torch.logsumexp(gains, 0)) == pytest.approx(0.0, abs=1e-4)
+        scorer.select(torch.tensor([0]), labels[0, step % 4 : step % 4 + 1])
+
+
+def test_no_candidates_means_every_token() -> None:
+    lp, lengths = ctc_logprobs([9, 6], seed=5)
+    every = CTCPrefixScorer(lp, lengths, beams=1, blank=BLANK, eos=EOS).extend(None)
+    some = CTCPrefixScorer(lp, lengths, beams=1, blank=BLANK, eos=EOS).extend(torch.tensor([[3, 1], [EOS, 2]]))
+    assert every.shape == (2, 6)
+    torch.testing.assert_close(some, torch.stack([every[0, [3, 1]], every[1, [EOS, 2]]]))
 
 
 @pytest.fixture(scope="module")

@@ -144,14 +144,14 @@ def test_the_lm_reranks_the_finished_beam(tmp_path: Path) -> None:
 
 
 def test_fusion_adds_each_word_once_when_it_is_complete(tmp_path: Path) -> None:
-    """Summed along a hypothesis, the fusion bonuses are exactly weight x (its LM score + bonus x words)."""
+    """Summed along a hypothesis, the fusion scores are exactly its LM score + bonus x words."""
     from model.lm_fusion import WordLMFusion
     from model.tokenizer import Tokenizer
 
     lm = NgramLM.load(write_arpa(estimate([s.split() for s in TEXT], order=3), tmp_path / "lm.arpa"))
     tok = Tokenizer(ROOT / "weights" / "tokenizer.model")
     eos = 3
-    fusion = WordLMFusion(lm, tok, weight=0.5, eos_id=eos, word_bonus=2.0)
+    fusion = WordLMFusion(lm, tok, eos_id=eos, word_bonus=2.0)
     texts = ["the cat sat on the mat", "a zebra and a dog", "mat"]  # "▁", "z", ... : a bare word-start piece too
     seqs = [[*tok.encode(t), eos] for t in texts]
     width = max(map(len, seqs))
@@ -160,17 +160,18 @@ def test_fusion_adds_each_word_once_when_it_is_complete(tmp_path: Path) -> None:
     totals = [0.0] * len(texts)
     order = list(range(len(texts)))  # which text each row holds; reversed every step, as a beam reorders rows
     for step in range(width):
-        gains = fusion.bonus(torch.tensor([[seqs[i][step]] for i in order]))[:, 0].tolist()
+        gains = fusion.extend(torch.tensor([[seqs[i][step]] for i in order]))[:, 0].tolist()
         for i, g in zip(order, gains):
             if step < len(tok.encode(texts[i])) + 1:
                 totals[i] += g
         rows = list(reversed(range(len(order))))
         order = [order[r] for r in rows]
-        fusion.select(rows, [seqs[i][step] for i in order])
+        fusion.select(torch.tensor(rows), torch.tensor([seqs[i][step] for i in order]))
     for text, total in zip(texts, totals):
-        assert total == pytest.approx(0.5 * (lm.score(text) + 2.0 * len(text.split())), abs=1e-4), text
+        assert total == pytest.approx(lm.score(text) + 2.0 * len(text.split()), abs=1e-4), text
     # a word-opening token after a partial word is charged that word; a continuing piece is charged nothing
     fusion.start(1)
-    fusion.select([0], [tok.encode("the cat")[0]])
+    fusion.select(torch.tensor([0]), torch.tensor(tok.encode("the cat")[:1]))
     pieces = torch.tensor([[tok.encode("the cat")[1], eos]])
-    assert fusion.bonus(pieces)[0, 0] == pytest.approx(0.5 * (lm.log_prob("the", ["<s>"]) + 2.0), abs=1e-5)
+    assert fusion.extend(pieces)[0, 0] == pytest.approx(lm.log_prob("the", ["<s>"]) + 2.0, abs=1e-5)
+    assert torch.equal(fusion.extend(None)[:, pieces[0]], fusion.extend(pieces))  # None: every token

@@ -13,7 +13,7 @@ from torchaudio.compliance import kaldi
 from model.alignment import FrameClock, align_words
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig, ModelConfig
-from model.decoding import DecodeOptions, beam_search, greedy_search
+from model.decoding import DecodeOptions, beam_search
 from model.features import FilterbankFeatures
 from model.recognizer import Recognizer
 from model.testing import make_random_checkpoint
@@ -92,7 +92,7 @@ def test_cache_reorder_follows_beam_parents(net: SpeechTransformer) -> None:
     for layer in range(net.cfg.decoder_layers):
         cache.write(layer, torch.arange(4.0)[:, None, None, None].expand(4, 4, 1, 16), torch.zeros(4, 4, 1, 16))
     cache.advance()
-    cache.select(torch.tensor([3, 3, 0]))
+    cache.reorder(torch.tensor([3, 3, 0]))
     assert cache.rows == 3
     assert cache.k[0, :3, 0, 0, 0].tolist() == [3.0, 3.0, 0.0]
 
@@ -112,9 +112,33 @@ def test_batched_beam_search_equals_each_utterance_alone(net: SpeechTransformer)
     assert all(b[i].score >= b[i + 1].score for b in batched for i in range(len(b) - 1))
 
 
+@torch.no_grad()
+def greedy_reference(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Tensor) -> list[tuple[int, ...]]:
+    """Arg-max decoding with the KV cache, written independently of the beam search: what beam size 1 must give."""
+    cfg, dec = model.cfg, model.decoder
+    batch = memory.shape[0]
+    mask = padding_mask(lengths, memory.shape[1])
+    mem_kv = dec.memory_kv(memory)
+    max_lens = lengths.clamp(1, cfg.max_target_positions - 1)  # one token per encoder frame at most
+    cache = dec.new_cache(batch, int(max_lens.max()), memory.device, mem_kv[0][0].dtype)
+    last = torch.full((batch,), cfg.sos_id, dtype=torch.long)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool)
+    for t in range(int(max_lens.max())):
+        last = dec.step(last, cache, mem_kv, mask, 1).argmax(-1)
+        last = torch.where(max_lens == t + 1, torch.full_like(last, cfg.eos_id), last)
+        for i in (~done).nonzero().squeeze(1).tolist():
+            if int(last[i]) != cfg.eos_id:
+                out[i].append(int(last[i]))
+        done |= last == cfg.eos_id
+        if bool(done.all()):
+            break
+    return [tuple(o) for o in out]
+
+
 def test_beam_size_one_equals_greedy(net: SpeechTransformer) -> None:
     _, memory, enc_lens = encode(net, [250, 60, 120], seed=5)
-    greedy = greedy_search(net, memory, enc_lens)
+    greedy = greedy_reference(net, memory, enc_lens)
     beam = beam_search(net, memory, enc_lens, DecodeOptions(beam_size=1, ctc_weight=0.0))
     assert [b[0].tokens for b in beam] == greedy
 
