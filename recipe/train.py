@@ -7,6 +7,9 @@ The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on
 once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes
 from ``OUT/state`` after an interruption; the exported checkpoint in ``OUT/final`` is the average of the last
 weight snapshots.
+
+Read top to bottom: the command line, the schedule and SpecAugment, then the four steps ``main`` runs in order:
+data (features, tokenizer, CMVN), model (built, grown from ``--init``, resumed), the training loop, the export.
 """
 
 from __future__ import annotations
@@ -20,19 +23,22 @@ import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jiwer
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.config import FeatureConfig, ModelConfig
+from model.config import FeatureConfig
 from model.decoding import DecodeOptions, beam_search
+from model.features import GlobalCMVN
+from model.loss import joint_ctc_attention_loss
+from model.recognizer import pick_device
 from model.tokenizer import Tokenizer, train_tokenizer
 from model.transformer import SpeechTransformer
 
@@ -42,6 +48,54 @@ from .features import prepare
 from .grow import load_grown
 from .manifest import read_manifest
 from .state import average_snapshots, load_state, save_state
+from .train_config import ConfigError, TokenizerSettings, TrainConfig, TrainSettings
+
+# -----------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, nargs="+", help="training manifest(s) (JSONL), trained on together")
+    p.add_argument("--dev", required=True, help="dev manifest (JSONL) for loss/WER during training")
+    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "default.json"))
+    p.add_argument("--out", default="runs/default")
+    p.add_argument("--work", default="data/features", help="feature cache directory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--jobs", type=int, default=2, help="feature extraction processes")
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this much training time")
+    p.add_argument("--name", default="speech-transformer")
+    p.add_argument("--init", help="exported checkpoint to fine-tune (e.g. weights): its weights, tokenizer and "
+                   "CMVN replace the fresh ones; --config must describe the same architecture, or the same with more "
+                   "encoder/decoder blocks (added on top as identity maps, recipe.grow); keep it on resume")
+    return p.parse_args(argv)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``recipe.train`` invocation that reproduces this run, recorded in the checkpoint's provenance."""
+    parts = []
+    for k, v in vars(args).items():
+        if v:
+            parts.append(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+    return "python -m recipe.train " + " ".join(parts)
+
+
+class RunLog:
+    """``OUT/log.jsonl``: one JSON object per event, appended across resumes and echoed above the progress bar."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a")
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        tqdm.write(json.dumps(entry))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Schedule, SpecAugment, mixed precision
 
 
 def seed_everything(seed: int) -> None:
@@ -56,62 +110,34 @@ def noam_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
-def learning_rate(step: int, tcfg: dict[str, Any]) -> float:
+def learning_rate(step: int, peak: float, warmup: int, cooldown_from: int | None = None,
+                  cooldown_to: int | None = None) -> float:
     """Noam schedule, optionally annealed linearly to zero between ``cooldown_from`` and ``cooldown_to``.
 
     A final linear cool-down lets a long run settle into a sharper minimum than inverse-square-root decay
     alone reaches in the same number of steps.
     """
-    lr = noam_lr(step, tcfg["peak_lr"], tcfg["warmup_steps"])
-    begin, end = tcfg.get("cooldown_from"), tcfg.get("cooldown_to")
-    if begin is not None and end is not None and step > begin:
-        lr *= max(0.0, (end - step) / (end - begin))
+    lr = noam_lr(step, peak, warmup)
+    if cooldown_from is not None and cooldown_to is not None and step > cooldown_from:
+        lr *= max(0.0, (cooldown_to - step) / (cooldown_to - cooldown_from))
     return lr
 
 
-def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, cfg: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, cfg: TrainSettings, gen: torch.Generator) -> torch.Tensor:
     """Frequency and time masks (SpecAugment without time warping), drawn per utterance."""
     b, t, f = feats.shape
     keep = torch.ones(b, t, f, dtype=torch.bool)
     bins, frames = torch.arange(f), torch.arange(t)
-    for _ in range(cfg["spec_freq_masks"]):
-        width = torch.randint(0, cfg["spec_freq_width"] + 1, (b,), generator=gen)
+    for _ in range(cfg.spec_freq_masks):
+        width = torch.randint(0, cfg.spec_freq_width + 1, (b,), generator=gen)
         start = (torch.rand(b, generator=gen) * (f - width)).long()
         keep &= ~((bins[None] >= start[:, None]) & (bins[None] < (start + width)[:, None]))[:, None, :]
-    for _ in range(cfg["spec_time_masks"]):
-        limit = torch.minimum(torch.full((b,), cfg["spec_time_width"]), (lengths.float() * 0.1).long())
+    for _ in range(cfg.spec_time_masks):
+        limit = torch.minimum(torch.full((b,), cfg.spec_time_width), (lengths.float() * 0.1).long())
         width = (torch.rand(b, generator=gen) * (limit + 1)).long()
         start = (torch.rand(b, generator=gen) * (lengths - width).clamp(min=1)).long()
         keep &= ~((frames[None] >= start[:, None]) & (frames[None] < (start + width)[:, None]))[:, :, None]
     return feats * keep.to(feats.device)
-
-
-def normalise(feats: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    valid = torch.arange(feats.shape[1])[None, :] < lengths[:, None]
-    return (feats - mean) / std * valid[..., None]
-
-
-def joint_loss(model: SpeechTransformer, batch: Batch, feats: torch.Tensor, tcfg: dict[str, Any],
-               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    cfg = model.cfg
-    b = feats.shape[0]
-    sos = torch.full((b, 1), cfg.sos_id, dtype=torch.long)
-    pad_col = torch.full((b, 1), cfg.pad_id, dtype=torch.long)
-    tokens_in = torch.cat([sos, batch.tokens], 1)
-    target = torch.cat([batch.tokens, pad_col], 1)
-    target[torch.arange(b), batch.token_lengths] = cfg.eos_id
-    logits, ctc_logits, enc_lengths = model(feats.to(device), batch.feat_lengths.to(device), tokens_in.to(device))
-    att = F.cross_entropy(logits.float().flatten(0, 1), target.to(device).flatten(), ignore_index=cfg.pad_id,
-                          label_smoothing=tcfg["label_smoothing"], reduction="sum") / b
-    w = tcfg["ctc_weight"]
-    ctc = torch.zeros((), device=device)
-    if ctc_logits is not None and w > 0:
-        lp = ctc_logits.float().log_softmax(-1).transpose(0, 1)
-        flat = torch.cat([t[:n] for t, n in zip(batch.tokens, batch.token_lengths)])
-        ctc = F.ctc_loss(lp, flat.to(device), enc_lengths, batch.token_lengths.to(device), blank=cfg.pad_id,
-                         reduction="sum", zero_infinity=True) / b
-    tokens = float(batch.token_lengths.sum() + b)
-    return (1 - w) * att + w * ctc, {"att": float(att) * b / tokens, "ctc": float(ctc) * b / tokens}
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -121,49 +147,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model: SpeechTransformer, data: FeatureSet, tokenizer: Tokenizer, mean: torch.Tensor, std: torch.Tensor,
-             tcfg: dict[str, Any], device: torch.device, limit: int = 200) -> dict[str, float]:
-    """Dev loss and greedy WER on the first ``limit`` utterances (sorted by length for cheap batches)."""
-    model.eval()
-    idx = sorted(range(min(limit, len(data))), key=lambda i: data.items[i][2])
-    losses, refs, hyps = [], [], []
-    for s in range(0, len(idx), 32):
-        batch = data.collate(idx[s : s + 32])
-        feats = normalise(batch.feats, batch.feat_lengths, mean, std)
-        with autocast(device):
-            loss, _ = joint_loss(model, batch, feats, tcfg, device)
-            memory, lengths = model.encoder(feats.to(device), batch.feat_lengths.to(device))
-            out = beam_search(model, memory, lengths, DecodeOptions(beam_size=1, ctc_weight=0.0))
-        losses.append(float(loss) * len(batch.texts))
-        refs += batch.texts
-        hyps += [tokenizer.decode(h[0].tokens) for h in out]
-    model.train()
-    return {"dev_loss": sum(losses) / len(refs), "dev_wer": jiwer.wer(refs, hyps), "dev_cer": jiwer.cer(refs, hyps),
-            "example_ref": refs[len(refs) // 2], "example_hyp": hyps[len(refs) // 2]}
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The ``recipe.train`` invocation that reproduces this run, recorded in the checkpoint's provenance."""
-    parts = []
-    for k, v in vars(args).items():
-        if v:
-            parts.append(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
-    return "python -m recipe.train " + " ".join(parts)
-
-
-def augment_config(tcfg: dict[str, Any]) -> AugmentConfig:
-    """The waveform augmentation a train config asks for: defaults, ``silence_pad_s``, then its ``augment`` keys.
-
-    ``augment`` overrides `AugmentConfig` fields by name (e.g. ``{"p_noise": 0}`` for an ablation without noise);
-    an unknown name is an error rather than a silently ignored typo.
-    """
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in tcfg.get("augment", {}).items()}
-    known = [f.name for f in dataclasses.fields(AugmentConfig)]
-    unknown = overrides.keys() - set(known)
-    if unknown:
-        raise ValueError(f"unknown augment setting(s) {sorted(unknown)}; known: {known}")
-    return dataclasses.replace(AugmentConfig(pad_s=float(tcfg.get("silence_pad_s", 0.0))), **overrides)
+# -----------------------------------------------------------------------------------------------------------------
+# Step 1, data: cached features, the tokenizer and the CMVN statistics
 
 
 def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int,
@@ -182,131 +167,223 @@ def feature_dir(work: Path, manifest: str, copies: int, augment: bool, seed: int
     return work / f"{Path(manifest).stem}-{key}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True, nargs="+", help="training manifest(s) (JSONL), trained on together")
-    p.add_argument("--dev", required=True, help="dev manifest (JSONL) for loss/WER during training")
-    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "default.json"))
-    p.add_argument("--out", default="runs/default")
-    p.add_argument("--work", default="data/features", help="feature cache directory")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
-    p.add_argument("--jobs", type=int, default=2, help="feature extraction processes")
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this much training time")
-    p.add_argument("--name", default="speech-transformer")
-    p.add_argument("--init", help="exported checkpoint to fine-tune (e.g. weights): its weights, tokenizer and "
-                   "CMVN replace the fresh ones; --config must describe the same architecture, or the same with more "
-                   "encoder/decoder blocks (added on top as identity maps, recipe.grow); keep it on resume")
-    a = p.parse_args()
-
-    conf = json.loads(Path(a.config).read_text())
-    tcfg = conf["train"]
-    seed_everything(tcfg["seed"])
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    out, work = Path(a.out), Path(a.work)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.jsonl").open("a")
-
-    def record(entry: dict[str, Any]) -> None:
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
-        tqdm.write(json.dumps(entry))
-
-    aug = augment_config(tcfg)
-    train_dirs = [prepare(m, feature_dir(work, m, tcfg["feature_copies"], True, tcfg["seed"], aug),
-                          tcfg["feature_copies"], a.jobs, tcfg["seed"], aug=aug)
-                  for m in a.train]
-    dev_dir = prepare(a.dev, feature_dir(work, a.dev, 1, False, 0), 1, a.jobs, 0, do_augment=False)
-
-    base = load_checkpoint(a.init) if a.init else None
-    tok_path = out / "tokenizer.model"
-    if base is not None and not tok_path.exists():
-        shutil.copyfile(base.tokenizer.path, tok_path)
-    if not tok_path.exists():
+def load_or_train_tokenizer(out: Path, manifests: list[str], settings: TokenizerSettings,
+                            base: Checkpoint | None) -> Tokenizer:
+    """``OUT/tokenizer.model``: the base's when fine-tuning, else trained once on the training transcripts."""
+    path = out / "tokenizer.model"
+    if base is not None and not path.exists():
+        shutil.copyfile(base.tokenizer.path, path)
+    if not path.exists():
         text_file = out / "tokenizer_text.txt"
-        text_file.write_text("".join(sorted({u.text + "\n" for m in a.train for u in read_manifest(m)})))
-        train_tokenizer(text_file, out / "tokenizer", conf["tokenizer"]["vocab_size"], conf["tokenizer"]["type"])
-    tokenizer = Tokenizer(tok_path)
+        text_file.write_text("".join(sorted({u.text + "\n" for m in manifests for u in read_manifest(m)})))
+        train_tokenizer(text_file, out / "tokenizer", settings.vocab_size, settings.type)
+    return Tokenizer(path)
+
+
+@dataclass
+class Data:
+    """What the loop reads: tokenized feature sets, and the CMVN that serving applies too (`GlobalCMVN`)."""
+
+    tokenizer: Tokenizer
+    train: FeatureSet
+    dev: FeatureSet
+    cmvn_mean: torch.Tensor
+    cmvn_std: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.cmvn = GlobalCMVN(self.cmvn_mean.numel())
+        self.cmvn.set_stats(self.cmvn_mean, self.cmvn_std)
+
+    def normalised(self, batch: Batch) -> torch.Tensor:
+        return self.cmvn(batch.feats, batch.feat_lengths)
+
+
+def prepare_data(args: argparse.Namespace, cfg: TrainConfig, base: Checkpoint | None) -> Data:
+    t, work, aug = cfg.train, Path(args.work), cfg.train.augmentation()
+    train_dirs = [prepare(m, feature_dir(work, m, t.feature_copies, True, t.seed, aug), t.feature_copies, args.jobs,
+                          t.seed, aug=aug)
+                  for m in args.train]
+    dev_dir = prepare(args.dev, feature_dir(work, args.dev, 1, False, 0), 1, args.jobs, 0, do_augment=False)
+    tokenizer = load_or_train_tokenizer(Path(args.out), args.train, cfg.tokenizer, base)
     train_set, dev_set = FeatureSet(train_dirs, tokenizer), FeatureSet(dev_dir, tokenizer)
     # A fine-tuned model must see its inputs normalised exactly as its base did.
     mean, std = (base.cmvn_mean, base.cmvn_std) if base is not None else train_set.feature_stats()
+    return Data(tokenizer, train_set, dev_set, mean, std)
 
-    model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **conf["model"])
-    model = SpeechTransformer(model_cfg)
-    grown: dict[str, int] = {}
-    if base is not None:
-        grown = load_grown(model, base.model.state_dict())
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["peak_lr"], betas=(0.9, 0.98), eps=1e-9,
-                            weight_decay=tcfg["weight_decay"])
-    meta = load_state(out / "state", model, opt) or {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0}
-    step, epoch, skip, trained_s = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta["train_seconds"]
-    params = sum(p.numel() for p in model.parameters())
-    record({"event": "start", "params": params, "train_utts": len(train_set), "dev_utts": len(dev_set),
-            "device": str(device), "resume_step": step})
 
-    gen = torch.Generator().manual_seed(tcfg["seed"] + step)
-    snaps = out / "snapshots"
-    snaps.mkdir(exist_ok=True)
-    start = time.time() - trained_s
-    budget_s = a.max_minutes * 60 if a.max_minutes else float("inf")
-    done = False
+# -----------------------------------------------------------------------------------------------------------------
+# Step 2, model: built from the config, started from --init, resumed from OUT/state
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved beside the optimiser state, so a rerun continues from the same batch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_seconds: float = 0.0
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, base: Checkpoint | None,
+                device: torch.device) -> tuple[SpeechTransformer, dict[str, int]]:
+    """A fresh network, or ``--init``'s weights in it (returns the blocks added per stack when it is deeper)."""
+    model = SpeechTransformer(cfg.model_config(vocab_size))
+    grown = load_grown(model, base.model.state_dict()) if base is not None else {}
+    return model.to(device), grown
+
+
+def make_optimizer(model: SpeechTransformer, t: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=t.peak_lr, betas=(0.9, 0.98), eps=1e-9,
+                             weight_decay=t.weight_decay)
+
+
+def resume(out: Path, model: SpeechTransformer, opt: torch.optim.Optimizer) -> Progress:
+    """Load ``OUT/state`` (weights, AdamW moments, counters) if an earlier run left one."""
+    meta = load_state(out / "state", model, opt)
+    return Progress(**meta) if meta is not None else Progress()
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Step 3, the training loop
+
+
+def batch_loss(model: SpeechTransformer, batch: Batch, feats: torch.Tensor, t: TrainSettings,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    return joint_ctc_attention_loss(model, feats.to(device), batch.feat_lengths.to(device), batch.tokens.to(device),
+                                    batch.token_lengths.to(device), t.ctc_weight, t.label_smoothing)
+
+
+@torch.no_grad()
+def evaluate(model: SpeechTransformer, data: Data, t: TrainSettings, device: torch.device,
+             limit: int = 200) -> dict[str, Any]:
+    """Dev loss and greedy WER on the first ``limit`` utterances (sorted by length for cheap batches)."""
+    model.eval()
+    idx = sorted(range(min(limit, len(data.dev))), key=lambda i: data.dev.items[i][2])
+    losses, refs, hyps = [], [], []
+    for s in range(0, len(idx), 32):
+        batch = data.dev.collate(idx[s : s + 32])
+        feats = data.normalised(batch)
+        with autocast(device):
+            loss, _ = batch_loss(model, batch, feats, t, device)
+            memory, lengths = model.encoder(feats.to(device), batch.feat_lengths.to(device))
+            out = beam_search(model, memory, lengths, DecodeOptions(beam_size=1, ctc_weight=0.0))
+        losses.append(loss.item() * len(batch.texts))
+        refs += batch.texts
+        hyps += [data.tokenizer.decode(h[0].tokens) for h in out]
     model.train()
-    bar = tqdm(initial=step, total=a.max_steps or None, desc="train", mininterval=10)
-    while epoch < tcfg["epochs"] and not done:
-        batches = train_set.batches(tcfg["max_batch_frames"], np.random.default_rng(tcfg["seed"] + epoch))
-        for bi, batch in enumerate(train_set.iterate(batches[skip:]), start=skip):
-            lr = learning_rate(step + 1, tcfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            feats = spec_augment(normalise(batch.feats, batch.feat_lengths, mean, std), batch.feat_lengths, tcfg, gen)
-            with autocast(device):
-                loss, parts = joint_loss(model, batch, feats, tcfg, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.1f}", att=f"{parts['att']:.2f}", ctc=f"{parts['ctc']:.2f}", lr=f"{lr:.2e}")
-            elapsed = time.time() - start
-            if step % 50 == 0:
-                record({"step": step, "epoch": epoch, "loss": float(loss), **parts, "lr": lr, "gnorm": float(gnorm),
-                        "minutes": round(elapsed / 60, 2)})
-            stop = (a.max_steps and step >= a.max_steps) or elapsed >= budget_s
-            if step % tcfg["snapshot_every"] == 0 or stop:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                          str(snaps / f"step-{step:07d}.safetensors"))
-                for old in sorted(snaps.glob("step-*.safetensors"))[: -tcfg["average_last"]]:
-                    old.unlink()
-                save_state(out / "state", model, opt, {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1,
-                                                        "train_seconds": elapsed})
-            if step % tcfg["eval_every"] == 0:
-                record({"step": step, **evaluate(model, dev_set, tokenizer, mean, std, tcfg, device)})
-            if stop:
-                done = True
-                break
-        else:
-            epoch, skip = epoch + 1, 0
-            dev = evaluate(model, dev_set, tokenizer, mean, std, tcfg, device) if tcfg.get("eval_each_epoch", True) else {}
-            record({"event": "epoch", "epoch": epoch, "step": step, **dev})
-    bar.close()
+    return {"dev_loss": sum(losses) / len(refs), "dev_wer": jiwer.wer(refs, hyps), "dev_cer": jiwer.cer(refs, hyps),
+            "example_ref": refs[len(refs) // 2], "example_hyp": hyps[len(refs) // 2]}
 
-    # Export the average of the last snapshots as the final checkpoint.
-    paths = sorted(snaps.glob("step-*.safetensors"))[-tcfg["average_last"] :]
+
+def train_step(model: SpeechTransformer, opt: torch.optim.Optimizer, batch: Batch, feats: torch.Tensor, lr: float,
+               t: TrainSettings, device: torch.device) -> tuple[float, dict[str, float], float]:
+    """One AdamW update on one batch; returns the loss, its attention and CTC parts, and the gradient norm."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast(device):
+        loss, parts = batch_loss(model, batch, feats, t, device)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    return loss.item(), parts, gnorm.item()
+
+
+def save_snapshot(out: Path, model: SpeechTransformer, opt: torch.optim.Optimizer, progress: Progress,
+                  keep: int) -> None:
+    """Weights for the final average (the last ``keep`` kept) and the resumable state."""
+    snapshots = out / "snapshots"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(snapshots / f"step-{progress.step:07d}.safetensors"))
+    for old in sorted(snapshots.glob("step-*.safetensors"))[:-keep]:
+        old.unlink()
+    save_state(out / "state", model, opt, dataclasses.asdict(progress))
+
+
+def train(model: SpeechTransformer, opt: torch.optim.Optimizer, data: Data, t: TrainSettings, progress: Progress,
+          args: argparse.Namespace, device: torch.device, log: RunLog) -> Progress:
+    """Epochs of length-bucketed batches until the epochs, ``--max-steps`` or ``--max-minutes`` run out."""
+    out, gen = Path(args.out), torch.Generator().manual_seed(t.seed + progress.step)
+    (out / "snapshots").mkdir(exist_ok=True)
+    start = time.time() - progress.train_seconds
+    budget_s = args.max_minutes * 60 if args.max_minutes else float("inf")
+    model.train()
+    bar = tqdm(initial=progress.step, total=args.max_steps or None, desc="train", mininterval=10)
+    while progress.epoch < t.epochs:
+        batches = data.train.batches(t.max_batch_frames, np.random.default_rng(t.seed + progress.epoch))
+        for batch in data.train.iterate(batches[progress.batch_in_epoch :]):
+            lr = learning_rate(progress.step + 1, t.peak_lr, t.warmup_steps, t.cooldown_from, t.cooldown_to)
+            feats = spec_augment(data.normalised(batch), batch.feat_lengths, t, gen)
+            loss, parts, gnorm = train_step(model, opt, batch, feats, lr, t, device)
+            progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
+            progress.train_seconds = time.time() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.1f}", att=f"{parts['att']:.2f}", ctc=f"{parts['ctc']:.2f}", lr=f"{lr:.2e}")
+            if progress.step % 50 == 0:
+                log({"step": progress.step, "epoch": progress.epoch, "loss": loss, **parts, "lr": lr, "gnorm": gnorm,
+                     "minutes": round(progress.train_seconds / 60, 2)})
+            stop = (args.max_steps and progress.step >= args.max_steps) or progress.train_seconds >= budget_s
+            if progress.step % t.snapshot_every == 0 or stop:
+                save_snapshot(out, model, opt, progress, t.average_last)
+            if progress.step % t.eval_every == 0:
+                log({"step": progress.step, **evaluate(model, data, t, device)})
+            if stop:
+                bar.close()
+                return progress
+        progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+        dev = evaluate(model, data, t, device) if t.eval_each_epoch else {}
+        log({"event": "epoch", "epoch": progress.epoch, "step": progress.step, **dev})
+    bar.close()
+    return progress
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Step 4, export: the average of the last snapshots, as a checkpoint the server loads
+
+
+def export(model: SpeechTransformer, data: Data, cfg: TrainConfig, progress: Progress, base: Checkpoint | None,
+           grown: dict[str, int], args: argparse.Namespace, device: torch.device) -> Path:
+    out = Path(args.out)
+    paths = sorted((out / "snapshots").glob("step-*.safetensors"))[-cfg.train.average_last :]
     model.load_state_dict(average_snapshots(paths))
-    provenance = {"steps": step, "epochs": epoch, "train_minutes": round((time.time() - start) / 60, 1),
-                  "averaged_snapshots": [q.name for q in paths], "train_manifest": " ".join(a.train),
-                  "train_utterances": len(train_set), "config": conf, "device": str(device),
-                  **({"init": {"from": a.init, "provenance": base.provenance, "blocks_added": grown}}
+    provenance = {"steps": progress.step, "epochs": progress.epoch,
+                  "train_minutes": round(progress.train_seconds / 60, 1),
+                  "averaged_snapshots": [q.name for q in paths], "train_manifest": " ".join(args.train),
+                  "train_utterances": len(data.train), "config": cfg.source, "device": str(device),
+                  **({"init": {"from": args.init, "provenance": base.provenance, "blocks_added": grown}}
                      if base is not None else {}),
-                  "command": command_line(a)}
-    final = save_checkpoint(out / "final", Checkpoint(model.cpu(), tokenizer, FeatureConfig(), mean, std, provenance, a.name))
+                  "command": command_line(args)}
+    final = save_checkpoint(out / "final", Checkpoint(model.cpu(), data.tokenizer, FeatureConfig(), data.cmvn_mean,
+                                                      data.cmvn_std, provenance, args.name))
     model.to(device)
-    record({"event": "exported", "path": str(final), **evaluate(model, dev_set, tokenizer, mean, std, tcfg, device)})
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = TrainConfig.load(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"recipe.train: {e}") from None
+    seed_everything(cfg.train.seed)
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / "log.jsonl")
+
+    base = load_checkpoint(args.init) if args.init else None
+    data = prepare_data(args, cfg, base)
+    model, grown = build_model(cfg, data.tokenizer.vocab_size, base, device)
+    opt = make_optimizer(model, cfg.train)
+    progress = resume(out, model, opt)
+    log({"event": "start", "params": sum(p.numel() for p in model.parameters()), "train_utts": len(data.train),
+         "dev_utts": len(data.dev), "device": str(device), "resume_step": progress.step})
+    progress = train(model, opt, data, cfg.train, progress, args, device, log)
+    final = export(model, data, cfg, progress, base, grown, args, device)
+    log({"event": "exported", "path": str(final), **evaluate(model, data, cfg.train, device)})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -14,11 +16,21 @@ import soundfile as sf
 import torch
 
 from model.recognizer import Recognizer
+from model.transformer import SpeechTransformer
 from recipe.augment import AugmentConfig, augment, convolve, mix_at_snr
-from recipe.train import augment_config, feature_dir, learning_rate, noam_lr, spec_augment
+import recipe.train
+from recipe.train import feature_dir, learning_rate, noam_lr, spec_augment
+from recipe.train import main as train_main
+from recipe.train_config import ConfigError, TrainConfig, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["open the door", "turn on the light", "call my sister", "play some music"]
+DEFAULT_CONFIG = ROOT / "recipe" / "configs" / "default.json"
+
+
+def train_settings(**overrides: object) -> TrainSettings:
+    """The default config's ``train`` section with some settings replaced."""
+    return dataclasses.replace(TrainConfig.load(DEFAULT_CONFIG).train, **overrides)
 
 
 def test_augment_changes_audio_but_keeps_it_sane() -> None:
@@ -68,12 +80,11 @@ def test_noam_schedule_warms_up_then_decays() -> None:
 
 
 def test_cooldown_anneals_linearly_to_zero_only_inside_its_window() -> None:
-    plain = {"peak_lr": 1e-3, "warmup_steps": 100}
-    cooled = {**plain, "cooldown_from": 400, "cooldown_to": 600}
-    assert learning_rate(300, cooled) == learning_rate(300, plain) == noam_lr(300, 1e-3, 100)
-    assert learning_rate(400, cooled) == pytest.approx(noam_lr(400, 1e-3, 100))
-    assert learning_rate(500, cooled) == pytest.approx(noam_lr(500, 1e-3, 100) / 2)
-    assert learning_rate(600, cooled) == learning_rate(700, cooled) == 0.0
+    cooled = {"cooldown_from": 400, "cooldown_to": 600}
+    assert learning_rate(300, 1e-3, 100, **cooled) == learning_rate(300, 1e-3, 100) == noam_lr(300, 1e-3, 100)
+    assert learning_rate(400, 1e-3, 100, **cooled) == pytest.approx(noam_lr(400, 1e-3, 100))
+    assert learning_rate(500, 1e-3, 100, **cooled) == pytest.approx(noam_lr(500, 1e-3, 100) / 2)
+    assert learning_rate(600, 1e-3, 100, **cooled) == learning_rate(700, 1e-3, 100, **cooled) == 0.0
 
 
 def test_feature_cache_follows_the_manifest_content_and_the_settings(tmp_path: Path) -> None:
@@ -89,16 +100,57 @@ def test_feature_cache_follows_the_manifest_content_and_the_settings(tmp_path: P
 
 
 def test_train_config_overrides_augmentation_by_name() -> None:
-    assert augment_config({}) == AugmentConfig()
-    assert augment_config({"silence_pad_s": 1.0}) == AugmentConfig(pad_s=1.0)
-    ablated = augment_config({"silence_pad_s": 1.0, "augment": {"p_noise": 0, "speed": [1.0, 1.0]}})
+    assert train_settings().augmentation() == AugmentConfig()
+    assert train_settings(silence_pad_s=1.0).augmentation() == AugmentConfig(pad_s=1.0)
+    ablated = train_settings(silence_pad_s=1.0, augment={"p_noise": 0, "speed": [1.0, 1.0]}).augmentation()
     assert ablated == AugmentConfig(pad_s=1.0, p_noise=0, speed=(1.0, 1.0))
-    with pytest.raises(ValueError, match="p_nosie"):
-        augment_config({"augment": {"p_nosie": 0}})
+    with pytest.raises(ConfigError, match="p_nosie"):
+        train_settings(augment={"p_nosie": 0}).augmentation()
+
+
+def test_train_config_reads_every_key_and_refuses_unknown_or_missing_ones(tmp_path: Path) -> None:
+    conf = json.loads(DEFAULT_CONFIG.read_text())
+    cfg = TrainConfig.load(DEFAULT_CONFIG)
+    assert cfg.source == conf  # recorded verbatim in the export's provenance
+    assert dataclasses.asdict(cfg.tokenizer) == conf["tokenizer"]
+    assert {k: getattr(cfg.train, k) for k in conf["train"]} == conf["train"]
+    assert {k: getattr(cfg.model, k) for k in conf["model"]} == conf["model"]
+    assert cfg.train.cooldown_from is None and cfg.train.eval_each_epoch and cfg.model_config(300).vocab_size == 300
+
+    def refusal(section: str, change: dict) -> str:
+        bad = json.loads(json.dumps(conf))
+        bad[section].update(change)
+        bad[section] = {k: v for k, v in bad[section].items() if v is not None}
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ConfigError) as e:
+            TrainConfig.load(tmp_path / "bad.json")
+        assert "\n" not in str(e.value) and str(e.value).startswith(str(tmp_path / "bad.json"))
+        return str(e.value)
+
+    assert "unknown train setting(s) ['peak_lrr']" in refusal("train", {"peak_lrr": 0.001})
+    assert "unknown model setting(s) ['d_modle']" in refusal("model", {"d_modle": 256})
+    assert "unknown model setting(s) ['vocab_size']" in refusal("model", {"vocab_size": 256})  # the tokenizer's
+    assert "missing train setting(s) ['seed']" in refusal("train", {"seed": None})
+    assert "missing tokenizer setting(s) ['type']" in refusal("tokenizer", {"type": None})
+    assert "p_nosie" in refusal("train", {"augment": {"p_nosie": 0}})
+    assert "not divisible" in refusal("model", {"n_heads": 3})
+
+
+def test_train_cli_refuses_a_bad_config_in_one_line_before_any_work(tmp_path: Path) -> None:
+    conf = json.loads(DEFAULT_CONFIG.read_text())
+    conf["train"]["warmup_step"] = conf["train"].pop("warmup_steps")
+    (tmp_path / "typo.json").write_text(json.dumps(conf))
+    with pytest.raises(SystemExit) as e:
+        train_main(["--train", "x.jsonl", "--dev", "y.jsonl", "--config", str(tmp_path / "typo.json"),
+                    "--out", str(tmp_path / "run"), "--work", str(tmp_path / "feats")])
+    message = str(e.value.code)
+    assert message.startswith("recipe.train: ") and "\n" not in message
+    assert "unknown train setting(s) ['warmup_step']" in message
+    assert not (tmp_path / "run").exists() and not (tmp_path / "feats").exists()
 
 
 def test_spec_augment_masks_within_each_utterance() -> None:
-    cfg = {"spec_freq_masks": 2, "spec_freq_width": 10, "spec_time_masks": 2, "spec_time_width": 20}
+    cfg = train_settings(spec_freq_masks=2, spec_freq_width=10, spec_time_masks=2, spec_time_width=20)
     feats = torch.ones(3, 200, 80)
     out = spec_augment(feats, torch.tensor([200, 100, 50]), cfg, torch.Generator().manual_seed(0))
     assert out.shape == feats.shape
@@ -132,7 +184,7 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "recipe.train", "--train", *map(str, halves), "--dev", str(manifest),
            "--config", str(tmp_path / "config.json"), "--out", str(out), "--work", str(tmp_path / "feats"),
-           "--jobs", "1", "--max-steps", "120"]
+           "--jobs", "1", "--threads", "1", "--max-steps", "120"]  # one thread: faster than two on a shared CPU
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "exported" and log[-1]["dev_wer"] == 0.0
@@ -159,7 +211,7 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     # A manifest listed twice is drawn from twice as often (how a small corpus is given more weight).
     cmd = [sys.executable, "-m", "recipe.train", "--train", str(manifest), str(manifest), "--dev", str(manifest),
            "--config", str(tmp_path / "zero_lr.json"), "--out", str(tuned), "--work", str(tmp_path / "feats"),
-           "--jobs", "1", "--max-steps", "10", "--init", str(out / "final")]
+           "--jobs", "1", "--threads", "1", "--max-steps", "10", "--init", str(out / "final")]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=600)
     base_cfg, tuned_cfg = (json.loads((d / "final" / "config.json").read_text()) for d in (out, tuned))
     assert tuned_cfg["cmvn"] == base_cfg["cmvn"]
@@ -169,23 +221,64 @@ def test_overfit_a_handful_of_utterances(tmp_path: Path) -> None:
     assert json.loads((tuned / "log.jsonl").read_text().splitlines()[0])["train_utts"] == 8
 
 
+TINY = {
+    "model": {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64, "dropout": 0.0,
+              "conv_channels": 4},
+    "tokenizer": {"type": "char", "vocab_size": 40},
+    "train": {"peak_lr": 0.002, "warmup_steps": 4, "weight_decay": 0.01, "max_batch_frames": 800,
+              "label_smoothing": 0.1, "ctc_weight": 0.3, "grad_clip": 5.0, "epochs": 100,
+              "spec_freq_masks": 0, "spec_freq_width": 0, "spec_time_masks": 0, "spec_time_width": 0,
+              "eval_every": 1000, "eval_each_epoch": False, "snapshot_every": 2, "average_last": 1,
+              "feature_copies": 1, "seed": 0, "augment": {"p_noise": 0, "p_reverb": 0, "p_band": 0}},
+}
+
+
+def test_a_run_resumed_mid_epoch_ends_exactly_where_an_uninterrupted_one_does(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights, AdamW moments and the place in the epoch all come back from OUT/state (nothing random here)."""
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))  # --threads 1 below
+    computed: dict[Path, Path] = {}
+    prepare = recipe.train.prepare
+
+    def prepare_once(manifest: str, out_dir: Path, *args: object, **kwargs: object) -> Path:
+        """Features as before; a later run finds them without starting the worker pool again."""
+        if out_dir not in computed:
+            computed[out_dir] = prepare(manifest, out_dir, *args, **kwargs)
+        return computed[out_dir]
+
+    monkeypatch.setattr(recipe.train, "prepare", prepare_once)
+    rows = [json.loads(line) for line in (ROOT / "tests" / "fixtures" / "clips.jsonl").read_text().splitlines()]
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "audio": str(ROOT / "tests" / "fixtures" / r["audio"])}) + "\n"
+                                for r in rows))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+
+    def train(out: str, steps: int) -> None:
+        train_main(["--train", str(manifest), "--dev", str(manifest), "--config", str(tmp_path / "tiny.json"),
+                    "--out", str(tmp_path / out), "--work", str(tmp_path / "feats"), "--jobs", "1",
+                    "--max-steps", str(steps), "--threads", "1"])
+
+    train("resumed", 3)  # five clips make two batches an epoch: step 3 is inside the second epoch
+    state = json.loads((tmp_path / "resumed" / "state" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 1, 1)
+    train("resumed", 5)
+    train("straight", 5)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [e["resume_step"] for e in log if e.get("event") == "start"] == [0, 3]
+    exported = [json.loads((tmp_path / d / "final" / "config.json").read_text()) for d in ("resumed", "straight")]
+    assert exported[0]["weights"]["sha256"] == exported[1]["weights"]["sha256"]
+    assert exported[0]["provenance"]["config"] == TINY and exported[0]["provenance"]["steps"] == 5
+
+
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipe" / "configs").rglob("*.json")),
                          ids=lambda p: p.name)
-def test_every_shipped_training_config_is_complete_and_builds(config: Path) -> None:
-    """The GPU and stage-2 configs are not exercised by a CPU run: at least they must load and build."""
-    from model.config import ModelConfig
-    from model.transformer import SpeechTransformer
-
-    reference = json.loads((ROOT / "recipe" / "configs" / "default.json").read_text())
-    conf = json.loads(config.read_text())
-    assert conf.keys() == reference.keys()
-    optional = {"cooldown_from", "cooldown_to", "silence_pad_s", "augment"}
-    for section in conf:
-        assert conf[section].keys() - optional == reference[section].keys(), section
-    augment_config(conf["train"])  # known augmentation names only
-    window = [conf["train"].get(k) for k in ("cooldown_from", "cooldown_to")]
+def test_every_shipped_training_config_loads_and_builds(config: Path) -> None:
+    """The GPU and stage configs are not exercised by a CPU run: at least they must load (every key known, none
+    missing) and build."""
+    cfg = TrainConfig.load(config)
+    window = [cfg.train.cooldown_from, cfg.train.cooldown_to]
     assert window == [None, None] or 0 <= window[0] < window[1], "a cool-down needs both ends, in order"
-    net = SpeechTransformer(ModelConfig(vocab_size=conf["tokenizer"]["vocab_size"], **conf["model"]))
+    net = SpeechTransformer(cfg.model_config(cfg.tokenizer.vocab_size))
     assert sum(p.numel() for p in net.parameters()) > 1_000_000
 
 
@@ -295,3 +388,4 @@ def test_grow_like_exports_the_base_in_the_deeper_architecture(tmp_path: Path) -
     average_checkpoints([grown, deep], tmp_path / "soup")  # same architecture now: averageable
     with pytest.raises(ValueError, match="no deeper"):
         grow_like(base, base, tmp_path / "same")
+
