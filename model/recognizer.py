@@ -18,14 +18,7 @@ from .lm import NgramLM
 from .lm_fusion import WordLMFusion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
 MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
-
-
-def word_lm_beside(weights: str | Path) -> Path | None:
-    """The word LM file in a checkpoint directory, if it has one."""
-    candidates = (Path(weights) / name for name in LM_FILES)
-    return next((path for path in candidates if path.is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -91,11 +84,12 @@ class Recognizer:
     @classmethod
     def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto",
              lm: str | Path | None = "auto") -> "Recognizer":
-        """``lm``: an ARPA file, ``"auto"`` for the one beside the checkpoint if there is one, None for none."""
+        """``lm``: an ARPA file, ``"auto"`` for the checkpoint's own if it has one (`Checkpoint.lm`), None for none."""
         dev = pick_device(device)
+        ckpt = load_checkpoint(weights, dev)
         if lm == "auto":
-            lm = word_lm_beside(weights)
-        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
+            lm = ckpt.lm
+        return cls(ckpt, dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
 
     @property
     def sample_rate(self) -> int:

@@ -4,19 +4,17 @@
 
 Two fine-tunes of one base often sit in the same basin, and their mean can beat both; ``--mix`` weights the
 mean (normalised to sum to one), so the blend can lean towards the checkpoint that is better where it matters. Only exports that share
-an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The word LM
-of the first checkpoint is carried over when it has one.
+an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The average is the
+first checkpoint with the mean weights, so it keeps that one's tokenizer, CMVN and word LM.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 from pathlib import Path
 
 from model.checkpoint import WEIGHTS, Checkpoint, load_checkpoint, save_checkpoint
-from model.recognizer import word_lm_beside
 from recipe.state import average_snapshots
 
 
@@ -46,12 +44,7 @@ def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None 
         command += " --mix " + " ".join(map(str, mix))
     provenance = {"averaged": [{"path": str(s), "provenance": c.provenance} for s, c in zip(sources, [first, *others])],
                   "mix": mix, "command": command}
-    save_checkpoint(out, Checkpoint(first.model, first.tokenizer, first.features, first.cmvn_mean, first.cmvn_std,
-                                    provenance, first.name))
-    lm = word_lm_beside(sources[0])
-    if lm is not None:
-        shutil.copyfile(lm, out / lm.name)
-    return out
+    return save_checkpoint(out, dataclasses.replace(first, provenance=provenance))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,15 +9,14 @@ model from scratch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from model.recognizer import word_lm_beside
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.transformer import SpeechTransformer
 
 _BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.")
@@ -74,12 +73,8 @@ def grow_like(base_dir: Path, like_dir: Path, out: Path) -> Path:
     provenance = {"grown": {"from": str(base_dir), "provenance": base.provenance, "blocks_added": added,
                             "inner_weights_of_added_blocks": str(like_dir)},
                   "command": f"python -m recipe.grow --weights {base_dir} --like {like_dir} --out {out}"}
-    save_checkpoint(out, Checkpoint(model, base.tokenizer, base.features, base.cmvn_mean, base.cmvn_std,
-                                    provenance, base.name))
-    lm = word_lm_beside(base_dir)
-    if lm is not None:
-        shutil.copyfile(lm, out / lm.name)
-    return out
+    # Everything but the weights, the base's own: tokenizer, CMVN, name and word LM.
+    return save_checkpoint(out, dataclasses.replace(base, model=model, provenance=provenance))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,9 @@ the domain text never used then goes to real words in proportion to how common t
 every string. Most of the recogniser's errors on rare words are misspellings ("octipus", "champian"); with this
 floor a real rare word outscores its misspelling, which falls to ``<unk>``. Only word frequencies are used (no
 sentences), so nothing of the dev/test text can leak in.
+
+Written into a checkpoint directory under a word-LM name (``lm.arpa.gz``, ``.xz`` or plain), the file becomes that
+checkpoint's LM: its ``config.json`` names it with its sha256 (``model.checkpoint.attach_word_lm``).
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def read_sentences(path: str | Path) -> list[list[str]]:
     return [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--text", type=Path, action="append", default=[],
                     help="normalised transcripts, one sentence per line (repeatable)")
@@ -176,13 +179,17 @@ def main() -> None:
     ap.add_argument("--general-english", type=int, default=0, metavar="N",
                     help="floor the unigrams with the frequencies of the N commonest English words (0: uniform)")
     ap.add_argument("--out", type=Path, required=True, help="ARPA file to write (.gz or .xz to compress; xz is ~25%% smaller)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if not a.text and not a.manifest:
         ap.error("give at least one --text or --manifest")
     sentences = [s for path in a.text for s in read_sentences(path)]
     sentences += [u.text.split() for path in a.manifest for u in read_manifest(path) if u.text.strip()]
     table = estimate(sentences, a.order, general_english(a.general_english) if a.general_english else None)
     out = write_arpa(table, a.out)
+    from model.checkpoint import CONFIG, LM_FILES, attach_word_lm  # torch: only here, not to estimate an LM
+
+    if out.name in LM_FILES and (out.parent / CONFIG).is_file():
+        attach_word_lm(out.parent, out)
     sizes = ", ".join(f"{len(table[n])} {n}-grams" for n in range(1, len(table)))
     print(f"{len(sentences)} sentences -> {out} ({sizes}, {out.stat().st_size / 1e6:.1f} MB)")
 

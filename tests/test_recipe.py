@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import shutil
 import subprocess
@@ -26,6 +27,10 @@ from recipe.train_config import ConfigError, TrainConfig, TrainSettings
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["open the door", "turn on the light", "call my sister", "play some music"]
 DEFAULT_CONFIG = ROOT / "recipe" / "configs" / "default.json"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def train_settings(**overrides: object) -> TrainSettings:
@@ -319,6 +324,7 @@ def test_averaging_exports_gives_a_loadable_mean_and_refuses_mismatches(tmp_path
         assert torch.allclose(v, (models[0][k] + models[1][k]) / 2, atol=1e-6)
     assert any(not torch.equal(models[0][k], models[2][k]) for k in models[2])  # the two seeds really differ
     assert (out / "lm.arpa.gz").read_bytes() == b"lm"
+    assert json.loads((out / "config.json").read_text())["lm"] == {"file": "lm.arpa.gz", "sha256": sha256(b"lm")}
     assert len(json.loads((out / "config.json").read_text())["provenance"]["averaged"]) == 2
 
     more_dropout = make_random_checkpoint(tmp_path / "d", seed=3, dropout=0.2)  # training-only: still averageable
@@ -385,7 +391,49 @@ def test_grow_like_exports_the_base_in_the_deeper_architecture(tmp_path: Path) -
         torch.testing.assert_close(b(feats, lengths, tokens)[0], g(feats, lengths, tokens)[0])
     torch.testing.assert_close(g.encoder.blocks[2].attn.q.weight, d.encoder.blocks[2].attn.q.weight)
     assert (grown / "lm.arpa.gz").read_bytes() == b"lm"
+    assert load_checkpoint(grown).lm == grown / "lm.arpa.gz"
     average_checkpoints([grown, deep], tmp_path / "soup")  # same architecture now: averageable
     with pytest.raises(ValueError, match="no deeper"):
         grow_like(base, base, tmp_path / "same")
 
+
+def test_the_word_lm_is_part_of_the_checkpoint_and_travels_with_it(tmp_path: Path) -> None:
+    """A checkpoint without an ``lm`` entry (the shipped one, older exports) finds lm.arpa.* beside its weights;
+    saving names the LM with its sha256, so averages, grown models and re-saves carry it; a file that does not
+    match is refused."""
+    import recipe.lm
+    from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from model.testing import make_random_checkpoint
+    from recipe.average import average_checkpoints
+
+    old = make_random_checkpoint(tmp_path / "old", seed=0)
+    assert "lm" not in json.loads((old / "config.json").read_text()) and load_checkpoint(old).lm is None
+    (old / "lm.arpa.gz").write_bytes(b"lm")
+    assert load_checkpoint(old).lm == old / "lm.arpa.gz"  # found beside the weights, as before
+
+    saved = save_checkpoint(tmp_path / "saved", load_checkpoint(old))  # elsewhere: the LM is copied and named
+    assert (saved / "lm.arpa.gz").read_bytes() == b"lm"
+    assert json.loads((saved / "config.json").read_text())["lm"] == {"file": "lm.arpa.gz", "sha256": sha256(b"lm")}
+    (saved / "lm.arpa.xz").write_bytes(b"another")  # named in config.json: the entry wins over the file names
+    assert load_checkpoint(saved).lm == saved / "lm.arpa.gz"
+    other = make_random_checkpoint(tmp_path / "other", seed=1)  # no LM: the average takes the first one's
+    soup = average_checkpoints([saved, other], tmp_path / "soup")
+    assert load_checkpoint(soup).lm == soup / "lm.arpa.gz"
+
+    (saved / "lm.arpa.gz").write_bytes(b"an LM that does not belong")
+    with pytest.raises(CheckpointError, match="lm.arpa.gz: checksum mismatch"):
+        load_checkpoint(saved)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        Recognizer.load(saved, device="cpu", lm=None)
+    (saved / "lm.arpa.gz").unlink()
+    with pytest.raises(CheckpointError, match="missing lm.arpa.gz"):
+        load_checkpoint(saved)
+
+    # Re-estimating the LM into an export (recipe.lm --out DIR/lm.arpa.gz) makes the new file the checkpoint's.
+    (tmp_path / "text.txt").write_text("open the door\nturn on the light\n")
+    recipe.lm.main(["--text", str(tmp_path / "text.txt"), "--order", "2", "--out", str(saved / "lm.arpa.gz")])
+    entry = json.loads((saved / "config.json").read_text())["lm"]
+    assert entry == {"file": "lm.arpa.gz", "sha256": sha256((saved / "lm.arpa.gz").read_bytes())}
+    assert list(json.loads((saved / "config.json").read_text()))[-1] == "provenance"
+    rec = Recognizer.load(saved, device="cpu")
+    assert rec.lm is not None and rec.lm.score("open the door") > rec.lm.score("door the open")
