@@ -11,7 +11,6 @@ one JSON object with ``kv_speedup_100`` (cache vs no cache, 100 tokens, batch 16
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.decoding import DecodeOptions, beam_search
+from model.device import autocast, native_bf16
 from model.transformer import SpeechTransformer
 
 from .common import emit, median_seconds, print_table
@@ -41,8 +41,7 @@ def decode_fn(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Ten
     opts = DecodeOptions(beam_size=beam, n_best=1, ctc_weight=0.0, min_len=tokens, max_len_ratio=ratio, use_cache=cache)
 
     def run() -> list:
-        ctx = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), autocast(memory.device, dtype):
             return beam_search(model, memory, lengths, opts)
 
     return run
@@ -80,7 +79,7 @@ def main() -> None:
     # bf16 vs fp32 (cache on, 100 tokens, batch 16, beam 5): speed and whether the hypotheses agree.
     fp32 = decode_fn(model, mem16, lens16, 100, 5, True)
     bf16 = decode_fn(model, mem16, lens16, 100, 5, True, torch.bfloat16)
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = native_bf16(torch.device("cpu"))
     t32 = median_seconds(fp32, a.repeats)
     start = time.perf_counter()
     out16 = bf16()

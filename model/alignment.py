@@ -17,9 +17,6 @@ import torchaudio.functional as taf
 from .config import FeatureConfig
 from .tokenizer import Tokenizer
 
-SUBSAMPLING = 4  # two stride-2 convolutions in the front-end
-RECEPTIVE_FBANK_FRAMES = 7  # filterbank frames under one encoder frame (two 3-wide kernels at stride 2)
-
 
 @dataclass(frozen=True)
 class WordTiming:
@@ -40,10 +37,13 @@ class FrameClock:
     offset_s: float
 
     @classmethod
-    def for_features(cls, cfg: FeatureConfig) -> FrameClock:
+    def for_features(cls, cfg: FeatureConfig, subsampling_rate: int, receptive_field: int) -> FrameClock:
+        """The clock of a front-end that takes ``subsampling_rate`` filterbank frames per encoder frame and sees
+        ``receptive_field`` of them (the model's :meth:`~model.transformer.SpeechTransformer.subsampling_rate` and
+        :meth:`~model.transformer.SpeechTransformer.receptive_field`)."""
         hop_s, win_s = cfg.hop_length / cfg.sample_rate, cfg.win_length / cfg.sample_rate
-        frame_s = SUBSAMPLING * hop_s
-        centre = ((RECEPTIVE_FBANK_FRAMES - 1) * hop_s + win_s) / 2
+        frame_s = subsampling_rate * hop_s
+        centre = ((receptive_field - 1) * hop_s + win_s) / 2
         return cls(frame_s, centre - frame_s / 2)
 
     def at(self, frame: int) -> float:

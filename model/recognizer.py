@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -13,12 +12,18 @@ import torch
 from .alignment import FrameClock, WordTiming, align_words
 from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import DecodeOptions, Hypothesis, beam_search
+from .device import autocast, pick_device, pick_dtype
 from .features import FilterbankFeatures, GlobalCMVN
 from .lm import NgramLM
 from .lm_fusion import WordLMFusion
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MIN_SAMPLES = 1360  # the shortest input that still leaves one encoder frame (7 filterbank frames, 85 ms)
+LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
+
+
+def word_lm_beside(weights: str | Path) -> Path | None:
+    """The word LM file in a checkpoint directory, if it has one."""
+    candidates = (Path(weights) / name for name in LM_FILES)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -36,26 +41,12 @@ class TranscriptionResult:
     words: tuple[WordTiming, ...] = ()  # the best hypothesis's words with times (needs a CTC head)
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or 'auto'")
-    if device.type == "cpu" and dtype == "float16":
-        raise ValueError("float16 is CUDA-only; use bfloat16 on the CPU")
-    return DTYPES[dtype]
-
-
-def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad with zeros; inputs shorter than one encoder frame are padded up to it (they decode to silence)."""
+def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], device: torch.device,
+              min_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with zeros; inputs shorter than ``min_samples`` (one encoder frame) are padded up to it (they
+    decode to silence)."""
     tensors = [torch.as_tensor(w, dtype=torch.float32).flatten() for w in waveforms]
-    lengths = torch.tensor([max(t.numel(), MIN_SAMPLES) for t in tensors])
+    lengths = torch.tensor([max(t.numel(), min_samples) for t in tensors])
     batch = torch.zeros(len(tensors), int(lengths.max()))
     for i, t in enumerate(tensors):
         batch[i, : t.numel()] = t
@@ -63,7 +54,11 @@ def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], device: torch.devi
 
 
 class Recognizer:
-    """A loaded checkpoint on one device, ready to transcribe batches of 16 kHz mono float waveforms."""
+    """A loaded checkpoint on one device, ready to transcribe batches of mono float waveforms at
+    :attr:`sample_rate` (the checkpoint's; 16 kHz for the shipped model).
+
+    The facts callers need about the input live here: :attr:`sample_rate`, :attr:`max_segment_seconds` and
+    :attr:`min_samples`."""
 
     # Longest input decoded in one piece; the training data are single sentences of a few seconds, so longer
     # audio is split at pauses by the caller (the service's VAD).
@@ -79,34 +74,37 @@ class Recognizer:
         self.cmvn = GlobalCMVN(ckpt.features.n_mels).to(device)
         self.cmvn.set_stats(ckpt.cmvn_mean.to(device), ckpt.cmvn_std.to(device))
         self.name = ckpt.name
-        self.clock = FrameClock.for_features(ckpt.features)
+        self.clock = FrameClock.for_features(ckpt.features, self.model.subsampling_rate(),
+                                             self.model.receptive_field())
 
     @classmethod
     def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto",
              lm: str | Path | None = "auto") -> "Recognizer":
-        """``lm``: an ARPA file, ``"auto"`` for the checkpoint's own if it has one (`Checkpoint.lm`), None for none."""
+        """``lm``: an ARPA file, ``"auto"`` for the one beside the checkpoint if there is one, None for none."""
         dev = pick_device(device)
-        ckpt = load_checkpoint(weights, dev)
         if lm == "auto":
-            lm = ckpt.lm
-        return cls(ckpt, dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
+            lm = word_lm_beside(weights)
+        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
 
     @property
     def sample_rate(self) -> int:
+        """Samples per second of the waveforms :meth:`transcribe` takes (the features' rate in the checkpoint)."""
         return self.ckpt.features.sample_rate
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform that still gives one encoder frame (1360 samples, 85 ms, for the shipped model):
+        one filterbank window plus a hop for each further frame of the front-end's receptive field."""
+        feats = self.ckpt.features
+        return feats.win_length + (self.model.receptive_field() - 1) * feats.hop_length
 
     @torch.inference_mode()
     def encode(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Encoder output ``(B, T, d)``, its lengths, and CTC log-probabilities (None without a CTC head)."""
-        wav, lengths = pad_batch(waveforms, self.device)
+        wav, lengths = pad_batch(waveforms, self.device, self.min_samples)
         feats, feat_lengths = self.features(wav, lengths)
         feats = self.cmvn(feats, feat_lengths)
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             memory, enc_lengths = self.model.encoder(feats, feat_lengths)
             head = self.model.ctc_head
             ctc = head(memory).float().log_softmax(-1) if head is not None else None
@@ -125,7 +123,7 @@ class Recognizer:
         if self.lm is not None and opts.lm_fusion_weight > 0 and opts.beam_size > 1:
             fusion = WordLMFusion(self.lm, self.tokenizer, self.model.cfg.eos_id, opts.lm_fusion_bonus)
         memory, lengths, ctc = self.encode(waveforms)
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc,
                                 fusion)
         results = []

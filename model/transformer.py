@@ -36,15 +36,11 @@ class ScaledPositionalEncoding(nn.Module):
         return self.dropout(x * self.xscale + self.alpha * self.pe[offset : offset + x.shape[1]].to(x.dtype))
 
 
-def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    """Frames left after two unpadded 3x3 stride-2 convolutions."""
-    for _ in range(2):
-        lengths = torch.div(lengths - 3, 2, rounding_mode="floor") + 1
-    return lengths.clamp(min=0)
-
-
 class ConvSubsampling(nn.Module):
-    """Two 3x3 stride-2 Conv2d + ReLU over (time, mel): 4x fewer frames, then a projection to d_model."""
+    """Two 3x3 stride-2 Conv2d + ReLU over (time, mel): 4x fewer frames, then a projection to d_model.
+
+    Its time geometry (:attr:`rate`, :attr:`receptive_field`, :meth:`output_lengths`) is read off the layers, so
+    the front-end is the one place that knows it."""
 
     def __init__(self, n_mels: int, channels: int, d_model: int) -> None:
         super().__init__()
@@ -54,9 +50,32 @@ class ConvSubsampling(nn.Module):
         freq = ((n_mels - 1) // 2 - 1) // 2
         self.proj = nn.Linear(channels * freq, d_model)
 
+    def _time_axis(self) -> list[tuple[int, int]]:
+        """(kernel, stride) along time of each convolution, in order."""
+        return [(m.kernel_size[0], m.stride[0]) for m in self.conv if isinstance(m, nn.Conv2d)]
+
+    @property
+    def rate(self) -> int:
+        """Filterbank frames per encoder frame (4)."""
+        return math.prod(stride for _, stride in self._time_axis())
+
+    @property
+    def receptive_field(self) -> int:
+        """Filterbank frames under one encoder frame (7): fewer give no encoder frame at all."""
+        field, step = 1, 1
+        for kernel, stride in self._time_axis():
+            field, step = field + (kernel - 1) * step, step * stride
+        return field
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames left from ``lengths`` filterbank frames (unpadded convolutions)."""
+        for kernel, stride in self._time_axis():
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
-        return self.proj(rearrange(x, "b c t f -> b t (c f)")), subsampled_lengths(lengths)
+        return self.proj(rearrange(x, "b c t f -> b t (c f)")), self.output_lengths(lengths)
 
 
 class MultiHeadAttention(nn.Module):
@@ -229,6 +248,14 @@ class SpeechTransformer(nn.Module):
         self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size) if cfg.ctc else None
         # The embedding is scaled by sqrt(d) on input and tied to the output: start it at unit scale after that.
         nn.init.normal_(self.decoder.embed.weight, std=cfg.d_model**-0.5)
+
+    def subsampling_rate(self) -> int:
+        """Filterbank frames per encoder frame (and per CTC frame)."""
+        return self.encoder.subsample.rate
+
+    def receptive_field(self) -> int:
+        """Filterbank frames under one encoder frame: the shortest input that gives any output."""
+        return self.encoder.subsample.receptive_field
 
     def forward(
         self, feats: torch.Tensor, feat_lengths: torch.Tensor, tokens_in: torch.Tensor

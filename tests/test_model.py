@@ -14,11 +14,11 @@ from model.alignment import FrameClock, align_words
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig, ModelConfig
 from model.decoding import DecodeOptions, beam_search
-from model.features import FilterbankFeatures
+from model.features import FilterbankFeatures, num_frames
 from model.recognizer import Recognizer
 from model.testing import make_random_checkpoint
 from model.tokenizer import Tokenizer
-from model.transformer import SpeechTransformer, padding_mask, subsampled_lengths
+from model.transformer import SpeechTransformer, padding_mask
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,21 @@ def test_vtlp_warp_matches_kaldi_vtln() -> None:
 
 
 def test_subsampling_lengths_match_the_convolutions(net: SpeechTransformer) -> None:
+    front = net.encoder.subsample
     for n in [7, 8, 50, 101, 333]:
-        x, _ = net.encoder.subsample(torch.randn(1, n, 80), torch.tensor([n]))
-        assert x.shape[1] == int(subsampled_lengths(torch.tensor([n]))[0])
+        x, _ = front(torch.randn(1, n, 80), torch.tensor([n]))
+        assert x.shape[1] == int(front.output_lengths(torch.tensor([n]))[0])
+    assert front.output_lengths(torch.tensor([6, 7, 10, 11])).tolist() == [0, 1, 1, 2]
+
+
+def test_the_front_end_geometry_is_read_off_the_model(tmp_path: Path) -> None:
+    """4x subsampling and a 7-frame receptive field; the shortest waveform that gives an encoder frame follows."""
+    rec = Recognizer.load(make_random_checkpoint(tmp_path / "m"), device="cpu")
+    assert (rec.model.subsampling_rate(), rec.model.receptive_field()) == (4, 7)
+    assert rec.min_samples == 1360  # 85 ms: a 25 ms window and six 10 ms hops
+    frames = num_frames(torch.tensor([rec.min_samples - 1, rec.min_samples]), rec.ckpt.features)
+    assert rec.model.encoder.subsample.output_lengths(frames).tolist() == [0, 1]
+    assert rec.sample_rate == 16000
 
 
 def test_encoder_output_does_not_change_with_padding(net: SpeechTransformer) -> None:
@@ -236,7 +248,7 @@ def test_word_alignment_puts_words_where_the_ctc_head_fires() -> None:
     """Hand-made CTC posteriors: each token fires on known frames; words span their tokens' frames."""
     tok = Tokenizer(Path(__file__).resolve().parents[1] / "weights" / "tokenizer.model")
     ids = tok.encode("the weather is lovely")
-    clock = FrameClock.for_features(FeatureConfig())
+    clock = FrameClock.for_features(FeatureConfig(), subsampling_rate=4, receptive_field=7)
     assert clock.frame_s == pytest.approx(0.04)
     frames = 60
     logits = torch.full((frames, tok.vocab_size), -10.0)
