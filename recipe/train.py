@@ -194,11 +194,13 @@ class Data:
         self.cmvn = GlobalCMVN(self.cmvn_mean.numel())
         self.cmvn.set_stats(self.cmvn_mean, self.cmvn_std)
 
-    def normalised(self, batch: Batch) -> torch.Tensor:
+    def apply_cmvn(self, batch: Batch) -> torch.Tensor:
+        """The batch's filterbanks with global mean/variance normalisation, padding zeroed: the model's input."""
         return self.cmvn(batch.feats, batch.feat_lengths)
 
 
 def prepare_data(args: argparse.Namespace, cfg: TrainConfig, base: Checkpoint | None) -> Data:
+    """Features of every manifest (computed once into ``--work``), the tokenizer and the CMVN statistics."""
     t, work, aug = cfg.train, Path(args.work), cfg.train.augmentation()
     train_dirs = [prepare(m, feature_dir(work, m, t.feature_copies, True, t.seed, aug), t.feature_copies, args.jobs,
                           t.seed, aug=aug)
@@ -250,6 +252,7 @@ def resume(out: Path, model: SpeechTransformer, opt: torch.optim.Optimizer) -> P
 
 def batch_loss(model: SpeechTransformer, batch: Batch, feats: torch.Tensor, t: TrainSettings,
                device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """The joint CTC-attention loss of a batch whose normalised features are ``feats``, on ``device``."""
     return joint_ctc_attention_loss(model, feats.to(device), batch.feat_lengths.to(device), batch.tokens.to(device),
                                     batch.token_lengths.to(device), t.ctc_weight, t.label_smoothing)
 
@@ -263,7 +266,7 @@ def evaluate(model: SpeechTransformer, data: Data, t: TrainSettings, device: tor
     losses, refs, hyps = [], [], []
     for s in range(0, len(idx), 32):
         batch = data.dev.collate(idx[s : s + 32])
-        feats = data.normalised(batch)
+        feats = data.apply_cmvn(batch)
         with autocast(device):
             loss, _ = batch_loss(model, batch, feats, t, device)
             memory, lengths = model.encoder(feats.to(device), batch.feat_lengths.to(device))
@@ -314,7 +317,7 @@ def train(model: SpeechTransformer, opt: torch.optim.Optimizer, data: Data, t: T
         batches = data.train.batches(t.max_batch_frames, np.random.default_rng(t.seed + progress.epoch))
         for batch in data.train.iterate(batches[progress.batch_in_epoch :]):
             lr = learning_rate(progress.step + 1, t.peak_lr, t.warmup_steps, t.cooldown_from, t.cooldown_to)
-            feats = spec_augment(data.normalised(batch), batch.feat_lengths, t, gen)
+            feats = spec_augment(data.apply_cmvn(batch), batch.feat_lengths, t, gen)
             loss, parts, gnorm = train_step(model, opt, batch, feats, lr, t, device)
             progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
             progress.train_seconds = time.time() - start
@@ -344,6 +347,7 @@ def train(model: SpeechTransformer, opt: torch.optim.Optimizer, data: Data, t: T
 
 def export(model: SpeechTransformer, data: Data, cfg: TrainConfig, progress: Progress, base: Checkpoint | None,
            grown: dict[str, int], args: argparse.Namespace, device: torch.device) -> Path:
+    """``OUT/final``: the mean of the last ``average_last`` snapshots, with how it was made in its provenance."""
     out = Path(args.out)
     paths = sorted((out / "snapshots").glob("step-*.safetensors"))[-cfg.train.average_last :]
     model.load_state_dict(average_snapshots(paths))
