@@ -4,8 +4,8 @@
 
 Two fine-tunes of one base often sit in the same basin, and their mean can beat both; ``--mix`` weights the
 mean (normalised to sum to one), so the blend can lean towards the checkpoint that is better where it matters. Only exports that share
-an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The average is the
-first checkpoint with the mean weights, so it keeps that one's tokenizer, CMVN and word LM.
+an architecture, a tokenizer and CMVN statistics can be averaged; anything else is refused. The word LM
+of the first checkpoint is carried over when it has one.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None 
         command += " --mix " + " ".join(map(str, mix))
     provenance = {"averaged": [{"path": str(s), "provenance": c.provenance} for s, c in zip(sources, [first, *others])],
                   "mix": mix, "command": command}
+    # The first checkpoint with the mean weights: its tokenizer, CMVN, name and word LM go with them.
     return save_checkpoint(out, dataclasses.replace(first, provenance=provenance))
 
 

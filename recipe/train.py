@@ -7,15 +7,11 @@ The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on
 once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes
 from ``OUT/state`` after an interruption; the exported checkpoint in ``OUT/final`` is the average of the last
 weight snapshots.
-
-Read top to bottom: the command line, the schedule and SpecAugment, then the four steps ``main`` runs in order:
-data (features, tokenizer, CMVN), model (built, grown from ``--init``, resumed), the training loop, the export.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,9 +32,9 @@ from tqdm import tqdm
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig
 from model.decoding import DecodeOptions, beam_search
+from model.device import autocast, pick_device, training_dtype
 from model.features import GlobalCMVN
 from model.loss import joint_ctc_attention_loss
-from model.recognizer import pick_device
 from model.tokenizer import Tokenizer, train_tokenizer
 from model.transformer import SpeechTransformer
 
@@ -49,6 +45,9 @@ from .grow import load_grown
 from .manifest import read_manifest
 from .state import average_snapshots, load_state, save_state
 from .train_config import ConfigError, TokenizerSettings, TrainConfig, TrainSettings
+
+# Read top to bottom: the command line, the schedule and SpecAugment, then the four steps that ``main`` runs in
+# order: data (features, tokenizer, CMVN), model (built, grown from --init, resumed), the training loop, the export.
 
 # -----------------------------------------------------------------------------------------------------------------
 # The command line
@@ -95,7 +94,7 @@ class RunLog:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Schedule, SpecAugment, mixed precision
+# Schedule and SpecAugment
 
 
 def seed_everything(seed: int) -> None:
@@ -138,13 +137,6 @@ def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, cfg: TrainSettings,
         start = (torch.rand(b, generator=gen) * (lengths - width).clamp(min=1)).long()
         keep &= ~((frames[None] >= start[:, None]) & (frames[None] < (start + width)[:, None]))[:, :, None]
     return feats * keep.to(feats.device)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX); emulated bf16 is ~15x slower here."""
-    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -267,7 +259,7 @@ def evaluate(model: SpeechTransformer, data: Data, t: TrainSettings, device: tor
     for s in range(0, len(idx), 32):
         batch = data.dev.collate(idx[s : s + 32])
         feats = data.apply_cmvn(batch)
-        with autocast(device):
+        with autocast(device, training_dtype(device)):  # bf16 where it is native
             loss, _ = batch_loss(model, batch, feats, t, device)
             memory, lengths = model.encoder(feats.to(device), batch.feat_lengths.to(device))
             out = beam_search(model, memory, lengths, DecodeOptions(beam_size=1, ctc_weight=0.0))
@@ -284,7 +276,7 @@ def train_step(model: SpeechTransformer, opt: torch.optim.Optimizer, batch: Batc
     """One AdamW update on one batch; returns the loss, its attention and CTC parts, and the gradient norm."""
     for group in opt.param_groups:
         group["lr"] = lr
-    with autocast(device):
+    with autocast(device, training_dtype(device)):  # bf16 where it is native
         loss, parts = batch_loss(model, batch, feats, t, device)
     opt.zero_grad(set_to_none=True)
     loss.backward()
