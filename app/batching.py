@@ -21,8 +21,22 @@ def select_batch(pending: Sequence[S], max_items: int, max_padded_seconds: float
     padded seconds; picking neighbours by length keeps that padding small. The oldest segment always goes, even
     alone over budget, so nothing starves.
     """
+    return _grow(pending, max_items, max_padded_seconds)[0]
+
+
+def batch_is_full(pending: Sequence[Batchable], max_items: int, max_padded_seconds: float) -> bool:
+    """True once waiting longer cannot make the next batch bigger: it holds ``max_items``, or one more segment
+    (even one no longer than its longest) would overrun the padded budget that :func:`select_batch` counts."""
     if not pending:
-        return []
+        return False
+    batch, longest = _grow(pending, max_items, max_padded_seconds)
+    return len(batch) >= max_items or longest * (len(batch) + 1) > max_padded_seconds
+
+
+def _grow(pending: Sequence[S], max_items: int, max_padded_seconds: float) -> tuple[list[S], float]:
+    """The batch :func:`select_batch` picks, and its longest segment."""
+    if not pending:
+        return [], 0.0
     head = pending[0]
     peers = sorted((s for s in pending[1:] if s.options == head.options), key=lambda s: abs(s.seconds - head.seconds))
     batch, longest = [head], head.seconds
@@ -34,9 +48,4 @@ def select_batch(pending: Sequence[S], max_items: int, max_padded_seconds: float
             continue
         batch.append(seg)
         longest = widest
-    return batch
-
-
-def batch_is_full(pending: Sequence[Batchable], max_items: int, max_padded_seconds: float) -> bool:
-    """True once waiting longer cannot make the next batch bigger."""
-    return len(pending) >= max_items or sum(s.seconds for s in pending) >= max_padded_seconds
+    return batch, longest

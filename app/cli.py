@@ -32,38 +32,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    """Decode files in one batch with the recognizer itself (no server); one transcript per line, in order."""
-    from model.audio import AudioError, decode_audio
-    from model.decoding import DecodeOptions
+    """Decode files with the recognizer itself (no server), through the server's own long-audio pipeline and
+    decode settings; one transcript per line, in order."""
+    from model.audio import AudioError
     from model.recognizer import Recognizer
 
-    from .config import DEFAULT_WEIGHTS
-    from .segmenter import plan_segments
+    from .config import Settings
+    from .segmenter import decode_and_plan, join_texts
     from .vad import SpeechDetector
 
-    recognizer = Recognizer.load(args.weights or DEFAULT_WEIGHTS, device=args.device)
-    detector = SpeechDetector()
+    settings = Settings()
+    recognizer = Recognizer.load(args.weights or settings.weights, device=args.device)
+    detector = SpeechDetector(settings.vad_threshold)
     rate, status = recognizer.sample_rate, 0
     pieces: list = []  # every segment of every file, decoded BATCH at a time
     owners: list[int] = []
     for i, path in enumerate(args.files):
         try:
-            audio, _ = decode_audio(Path(path), target_rate=rate)
+            audio, spans = decode_and_plan(Path(path), detector, rate, recognizer.max_segment_seconds)
         except (AudioError, OSError) as e:
             print(f"{path}: {e}", file=sys.stderr)
             status = 1
             continue
-        for a, b in plan_segments(detector, audio, rate, recognizer.max_segment_seconds):
-            pieces.append(audio[a:b])
-            owners.append(i)
-    options = DecodeOptions() if args.beam is None else DecodeOptions(beam_size=args.beam)
+        pieces.extend(audio[a:b] for a, b in spans)
+        owners.extend(i for _ in spans)
+    options = settings.decoding(args.beam)
     results = [r for i in range(0, len(pieces), BATCH) for r in recognizer.transcribe(pieces[i: i + BATCH], options)]
     texts: list[list[str]] = [[] for _ in args.files]
     for owner, result in zip(owners, results):
-        if result.text:
-            texts[owner].append(result.text)
+        texts[owner].append(result.text)
     for parts in texts:
-        print(" ".join(parts))
+        print(join_texts(parts))
     return status
 
 
@@ -114,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe audio files locally, one line per file")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--weights", type=Path, help="checkpoint directory (default the shipped weights/)")
-    p.add_argument("--beam", type=int, help="beam width (default: DecodeOptions.beam_size, 10)")
+    p.add_argument("--weights", type=Path, help="checkpoint directory (ASR_WEIGHTS, default the shipped weights/)")
+    p.add_argument("--beam", type=int, help="beam width (default: ASR_DEFAULT_BEAM_SIZE, as the server)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(run=_transcribe)
 

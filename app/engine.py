@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class BatchPolicy:
 
 
 @dataclass(eq=False)
-class Segment:
+class QueuedSegment:
     """One waveform to decode; it carries its own state through the queue and the batch."""
 
     audio: np.ndarray
@@ -58,19 +59,27 @@ class Segment:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-class Job:
-    """A caller's segments, resolved on the caller's event loop once every one is decoded (or one fails)."""
+class JobState(Enum):
+    PENDING = "pending"
+    DONE = "done"  # every segment decoded
+    FAILED = "failed"  # a segment raised, or the engine closed
+    CANCELLED = "cancelled"  # its client went away
 
-    def __init__(self, engine: BatchingEngine, loop: asyncio.AbstractEventLoop, count: int, request_id: str,
+
+class Job:
+    """A caller's segments, resolved on the caller's event loop once every one is decoded (or one fails).
+
+    Passive: the engine records into it (from the inference thread) and cancels it; it never calls back."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, request_id: str,
                  on_result: OnResult | None = None) -> None:
-        self._engine, self._loop = engine, loop
+        self._loop = loop
         self.request_id = request_id
         self._on_result = on_result  # called on the loop with (index, result) as each segment finishes
         self.future: asyncio.Future[list[TranscriptionResult]] = loop.create_future()
         self._results: list[TranscriptionResult | None] = [None] * count
         self._remaining = count
-        self._failed = False
-        self.cancelled = False
+        self.state = JobState.PENDING
         self.queue_s = 0.0  # longest wait of any of its segments before its batch started
         self.compute_s = 0.0  # model time of the batches that held its segments
         self._batches: set[int] = set()
@@ -79,24 +88,18 @@ class Job:
     def __await__(self):
         return self.future.__await__()
 
-    def cancel(self) -> None:
-        """The client went away: drop whatever has not started yet."""
-        if not self.cancelled:
-            self.cancelled = True
-            self._engine._drop(self)
-
-    def _record(self, seg: Segment, outcome: TranscriptionResult | BaseException, batch_id: int, started: float,
-                compute_s: float) -> None:
-        """Called on the inference thread for each finished segment."""
+    def record(self, seg: QueuedSegment, outcome: TranscriptionResult | BaseException, batch_id: int,
+               started: float, compute_s: float) -> None:
+        """One segment's outcome (called on the inference thread)."""
         with self._lock:
             self.queue_s = max(self.queue_s, started - seg.enqueued)
             if batch_id not in self._batches:
                 self._batches.add(batch_id)
                 self.compute_s += compute_s
-            if self._failed:
+            if self.state is not JobState.PENDING:
                 return
             if isinstance(outcome, BaseException):
-                self._failed = True
+                self.state = JobState.FAILED
                 self._post(self._fail, outcome)
                 return
             self._results[seg.index] = outcome
@@ -104,7 +107,16 @@ class Job:
             if self._on_result is not None:
                 self._post(lambda r, i=seg.index: self._on_result(i, r), outcome)
             if self._remaining == 0:
+                self.state = JobState.DONE
                 self._post(self._succeed, list(self._results))
+
+    def close(self, error: BaseException | None) -> None:
+        """Resolve now with ``error`` (None: cancelled) unless already resolved."""
+        with self._lock:
+            if self.state is not JobState.PENDING:
+                return
+            self.state = JobState.CANCELLED if error is None else JobState.FAILED
+        self._post(self._fail, error)
 
     def _post(self, fn: Callable, arg: object) -> None:
         try:
@@ -124,14 +136,6 @@ class Job:
         else:
             self.future.set_exception(error)
 
-    def _close(self, error: BaseException | None) -> None:
-        """Resolve now with ``error`` (None: cancelled) unless already resolved."""
-        with self._lock:
-            if self._failed or self._remaining == 0:
-                return
-            self._failed = True
-        self._post(self._fail, error)
-
 
 class BatchingEngine:
     """Bounded queue + one inference thread; thread-safe ``submit`` from the event loop."""
@@ -140,7 +144,7 @@ class BatchingEngine:
                  sample_rate: int = 16000) -> None:
         self._runner, self.policy, self._metrics = runner, policy, metrics
         self._rate = sample_rate
-        self._pending: list[Segment] = []
+        self._pending: list[QueuedSegment] = []
         self._cv = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -160,8 +164,9 @@ class BatchingEngine:
         fewer than ``reserve`` places free (best-effort work, like streaming partials, gives way first), unless
         ``force`` (the shutdown drain of open streams), and :class:`EngineClosed` during shutdown.
         ``on_result`` hears of each segment as soon as it is decoded, before the job as a whole resolves."""
-        job = Job(self, asyncio.get_running_loop(), len(audios), request_id, on_result)
+        job = Job(asyncio.get_running_loop(), len(audios), request_id, on_result)
         if not audios:
+            job.state = JobState.DONE
             job.future.set_result([])
             return job
         with self._cv:
@@ -173,7 +178,7 @@ class BatchingEngine:
                 raise QueueFull(f"{len(self._pending)} segments are waiting (limit {self.policy.queue_depth})")
             now = time.monotonic()
             for i, audio in enumerate(audios):
-                self._pending.append(Segment(audio, options, len(audio) / self._rate, job, i, now))
+                self._pending.append(QueuedSegment(audio, options, len(audio) / self._rate, job, i, now))
             self._set_depth()
             self._cv.notify()
         return job
@@ -194,7 +199,10 @@ class BatchingEngine:
                 self._incoming -= 1
                 self._cv.notify()
 
-    def _drop(self, job: Job) -> None:
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop its segments that have not started, and resolve it as cancelled."""
+        if job.state is not JobState.PENDING:
+            return
         with self._cv:
             before = len(self._pending)
             self._pending = [s for s in self._pending if s.job is not job]
@@ -202,7 +210,7 @@ class BatchingEngine:
             self._set_depth()
         if dropped and self._metrics:
             self._metrics.cancelled.inc(dropped)
-        job._close(None)
+        job.close(None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -223,7 +231,7 @@ class BatchingEngine:
                 left, self._pending = self._pending, []
                 self._set_depth()
             for seg in left:
-                seg.job._close(EngineClosed("the server shut down before this audio was decoded"))
+                seg.job.close(EngineClosed("the server shut down before this audio was decoded"))
         return drained
 
     # ------------------------------------------------------------------ inference thread
@@ -238,7 +246,7 @@ class BatchingEngine:
             except BaseException:  # never let the only inference thread die
                 log.exception("batch of %d failed outside the model", len(batch))
 
-    def _next_batch(self) -> list[Segment] | None:
+    def _next_batch(self) -> list[QueuedSegment] | None:
         p = self.policy
         with self._cv:
             while True:
@@ -264,7 +272,7 @@ class BatchingEngine:
                           (time.monotonic() - first) * 1000, len(self._pending), self._incoming)
                 return batch
 
-    def _execute(self, batch: list[Segment]) -> None:
+    def _execute(self, batch: list[QueuedSegment]) -> None:
         self._batch_ids += 1
         batch_id, started = self._batch_ids, time.monotonic()
         outcomes = self._run(batch)
@@ -277,9 +285,9 @@ class BatchingEngine:
         log.debug("batch %d: %d segments, %.2f s audio, %.0f ms, requests %s", batch_id, len(batch), audio_s,
                   compute_s * 1000, sorted({s.job.request_id for s in batch}))
         for seg, outcome in zip(batch, outcomes):
-            seg.job._record(seg, outcome, batch_id, started, compute_s)
+            seg.job.record(seg, outcome, batch_id, started, compute_s)
 
-    def _run(self, batch: list[Segment]) -> list[TranscriptionResult | BaseException]:
+    def _run(self, batch: list[QueuedSegment]) -> list[TranscriptionResult | BaseException]:
         """Run the batch; if it raises, run each segment alone so only the culprit fails."""
         audios, options = [s.audio for s in batch], batch[0].options
         try:

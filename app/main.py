@@ -20,8 +20,9 @@ from .errors import install_error_handlers
 from .observability import RequestContext, configure_logging
 from .protocol import guarded_protocol
 from .routes import docs, health, openai, stream, transcribe
-from .state import ServiceState
+from .state import Phase, ServiceState
 from .transcriber import TranscriptionService
+from .vad import RATE as VAD_RATE
 from .vad import SpeechDetector
 from .worker import ModelWorker
 
@@ -33,10 +34,12 @@ async def _load(state: ServiceState) -> None:
     s = state.settings
     try:
         worker = await asyncio.to_thread(ModelWorker.load, s.weights, s.device, s.dtype, s.torch_threads)
+        if worker.sample_rate != VAD_RATE:
+            raise ValueError(f"the model decodes {worker.sample_rate} Hz audio; the voice detector needs {VAD_RATE}")
         await asyncio.to_thread(worker.warm_up, s.decoding())
     except Exception as e:  # a bad checkpoint must not kill the process silently: /readyz reports it
         log.exception("could not load the model from %s", s.weights)
-        state.phase, state.error = "failed", f"{type(e).__name__}: {e}"
+        state.phase, state.error = Phase.FAILED, f"{type(e).__name__}: {e}"
         return
     policy = BatchPolicy(max_items=s.max_batch_size, max_padded_seconds=s.max_batch_audio_seconds,
                          max_wait_s=s.max_wait_ms / 1000, max_incoming_wait_s=s.max_incoming_wait_ms / 1000,
@@ -48,7 +51,7 @@ async def _load(state: ServiceState) -> None:
                                              max_segment_s=worker.max_segment_seconds,
                                              max_audio_s=s.max_audio_seconds, retry_after_s=s.retry_after_s,
                                              max_decodes=s.max_concurrent_decodes, decode_wait_s=s.decode_wait_s)
-    state.phase = "ready"
+    state.phase = Phase.READY
     state.metrics.ready.set(1)
     log.info("ready: %s, batches of up to %d segments / %.0f padded s, %.0f ms wait, queue %d",
              worker.name, s.max_batch_size, s.max_batch_audio_seconds, s.max_wait_ms, s.queue_depth)

@@ -1,8 +1,28 @@
-"""Where to cut an upload into model-sized segments, decided by voice activity."""
+"""An upload's long-audio pipeline up to the model: decode it, then cut it into model-sized segments by voice
+activity. The server and ``speech-transformer transcribe`` both run it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from model.audio import decode_audio
+
 from .vad import SpeechDetector
+
+
+def decode_and_plan(source: bytes | Path, detector: SpeechDetector, rate: int, max_segment_s: float,
+                    max_audio_s: float | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The audio at ``rate`` and the ``(start, end)`` spans to decode (raises ``model.audio.AudioError``)."""
+    audio, _ = decode_audio(source, target_rate=rate, max_seconds=max_audio_s)
+    return audio, plan_segments(detector, audio, rate, max_segment_s)
+
+
+def join_texts(texts: Iterable[str]) -> str:
+    """One transcript from its segments' texts (segments without words leave no gap)."""
+    return " ".join(t for t in texts if t)
 
 
 def plan_segments(detector: SpeechDetector, audio, rate: int, max_segment_s: float) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from fastapi import Request
@@ -16,6 +17,15 @@ from .metrics import Metrics
 from .transcriber import TranscriptionService
 from .vad import SpeechDetector
 from .worker import ModelWorker
+
+
+class Phase(str, Enum):
+    """Where the service is in its life: loading -> ready -> stopping, or loading -> failed."""
+
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
 
 
 class Drainable(Protocol):
@@ -30,17 +40,17 @@ class ServiceState:
     worker: ModelWorker | None = None
     engine: BatchingEngine | None = None
     transcriber: TranscriptionService | None = None
-    phase: str = "loading"  # loading -> ready -> stopping, or loading -> failed
+    phase: Phase = Phase.LOADING
     error: str | None = None
     streams: set[Drainable] = field(default_factory=set)  # the open WebSocket sessions
     created: int = 0  # unix time the model was loaded (OpenAI's model "created")
 
     @property
     def ready(self) -> bool:
-        return self.phase == "ready"
+        return self.phase is Phase.READY
 
     def stop_accepting(self) -> None:
-        self.phase = "stopping"
+        self.phase = Phase.STOPPING
         self.metrics.ready.set(0)
 
     async def drain_streams(self, timeout_s: float) -> bool:
@@ -62,7 +72,7 @@ def require_ready(request: Request) -> ServiceState:
     """Route dependency: 503 (with Retry-After) until the model is loaded and warmed up."""
     state = service_state(request)
     if not state.ready:
-        detail = {"loading": "the model is still loading", "stopping": "the server is shutting down",
-                  "failed": f"the model failed to load: {state.error}"}[state.phase]
+        detail = {Phase.LOADING: "the model is still loading", Phase.STOPPING: "the server is shutting down",
+                  Phase.FAILED: f"the model failed to load: {state.error}"}[state.phase]
         raise ApiError(503, detail, {"Retry-After": str(state.settings.retry_after_s)})
     return state

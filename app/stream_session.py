@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 
 import numpy as np
 
@@ -22,7 +23,6 @@ from .pcm import PcmDecoder, PcmError
 from model.resample import StreamResampler
 from .vad import FRAME, FRAME_S, SpeechDetector
 
-RATE = 16000
 SLICE_S = 0.25  # source audio consumed between two turns of the event loop
 
 
@@ -38,7 +38,7 @@ class StreamError(Exception):
 class StreamOptions:
     """What the client's optional ``config`` message sets."""
 
-    sample_rate: int = RATE
+    sample_rate: int | None = None  # of the client's frames; None: the server's own rate
     encoding: str = "pcm_s16le"
     beam_size: int = 5
     word_timestamps: bool = False  # finals carry their words with times
@@ -53,7 +53,7 @@ class StreamLimits:
     partial_interval_s: float = 0.5
     endpoint_silence_s: float = 0.5
     partial_beam_size: int = 1
-    vad_threshold: float = 0.5
+    sample_rate: int = 16000  # what the model decodes (and the VAD scores) at
     max_segment_s: float = 20.0
     max_pending_finals: int = 2  # beyond this many undecoded finals the session stops taking audio
 
@@ -62,7 +62,7 @@ class AudioTape:
     """The session's 16 kHz audio from ``base`` on; it forgets what no future segment can reach."""
 
     def __init__(self) -> None:
-        self._data = np.zeros(RATE * 4, np.float32)
+        self._data = np.zeros(FRAME * 128, np.float32)
         self._len = 0
         self.base = 0
 
@@ -90,9 +90,16 @@ class AudioTape:
             self.base += drop
 
 
+class Kind(str, Enum):
+    """The two kinds of transcript message; the value is the message's ``type``."""
+
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
 @dataclass
 class _Pending:
-    kind: str  # "partial" | "final"
+    kind: Kind
     segment: int
     start: float
     end: float
@@ -121,8 +128,7 @@ class StreamSession:
         self._partial: Job | None = None
         self._partial_mark = 0  # sample where the last partial of the open segment ended
         endpoint_frames = max(1, round(limits.endpoint_silence_s / FRAME_S))
-        self._endpoint_cfg = EndpointConfig(threshold=limits.vad_threshold,
-                                            neg_threshold=max(limits.vad_threshold - 0.15, 0.01),
+        self._endpoint_cfg = EndpointConfig(threshold=detector.threshold, neg_threshold=detector.neg_threshold,
                                             endpoint_frames=endpoint_frames,
                                             max_frames=int(limits.max_segment_s / FRAME_S))
         self._setup()
@@ -130,11 +136,16 @@ class StreamSession:
     @property
     def rate(self) -> int:
         """The sample rate the session decodes at (whatever rate the client sends)."""
-        return RATE
+        return self.limits.sample_rate
+
+    @property
+    def source_rate(self) -> int:
+        """The sample rate of the client's frames."""
+        return self.options.sample_rate or self.rate
 
     def _setup(self) -> None:
         self._pcm = PcmDecoder(self.options.encoding)
-        self._resampler = StreamResampler(self.options.sample_rate, RATE)
+        self._resampler = StreamResampler(self.source_rate, self.rate)
         self._vad = self._detector.stream()
         self._endpoints = Endpointer(self._endpoint_cfg)
         self._tape = AudioTape()
@@ -161,10 +172,10 @@ class StreamSession:
             samples = self._pcm.decode(data)
         except PcmError as e:
             raise StreamError(1007, str(e)) from e
-        self.audio_seconds += len(samples) / self.options.sample_rate
+        self.audio_seconds += len(samples) / self.source_rate
         if self.audio_seconds > self.limits.max_seconds:
             raise StreamError(1008, f"the session is over its {self.limits.max_seconds:g} s audio limit")
-        step = max(1, int(SLICE_S * self.options.sample_rate))
+        step = max(1, int(SLICE_S * self.source_rate))
         async with self._lock:
             for i in range(0, len(samples), step):
                 if self.finished:
@@ -199,7 +210,7 @@ class StreamSession:
         """The client is gone: drop every decode that has not run yet."""
         self.finished = True
         for job in self._jobs:
-            job.cancel()
+            self._engine.cancel(job)
         self._outbox.put_nowait(None)
 
     def _consume(self, audio: np.ndarray, probs: np.ndarray) -> list[tuple[int, int]]:
@@ -215,14 +226,14 @@ class StreamSession:
 
     # ------------------------------------------------------------------ decoding
 
-    def _submit(self, kind: str, start: int, end: int, beam: int, force: bool = False, reserve: int = 0) -> Job:
+    def _submit(self, kind: Kind, start: int, end: int, beam: int, force: bool = False, reserve: int = 0) -> Job:
         try:
             job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam),
                                       force=force, reserve=reserve, request_id=self.request_id)
         except EngineClosed as e:
             raise StreamError(1001, str(e)) from e
         self._jobs = [j for j in self._jobs if not j.future.done()] + [job]
-        self._outbox.put_nowait(_Pending(kind, self._segment, start / RATE, end / RATE, job))
+        self._outbox.put_nowait(_Pending(kind, self._segment, start / self.rate, end / self.rate, job))
         return job
 
     async def _queue_final(self, start_frame: int, end_frame: int, force: bool = False) -> None:
@@ -234,7 +245,7 @@ class StreamSession:
             await asyncio.wait([pending[0].future])
             self.held_s += time.monotonic() - waited
         try:
-            job = self._submit("final", start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=force)
+            job = self._submit(Kind.FINAL, start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=force)
         except QueueFull as e:
             raise StreamError(1013, f"the server is busy ({e}); retry shortly") from e
         self._finals = [*pending, job]
@@ -246,10 +257,10 @@ class StreamSession:
             return
         start, now = self._endpoints.start * FRAME, self._endpoints.frames * FRAME
         mark = max(self._partial_mark, start)
-        if now - mark < self.limits.partial_interval_s * RATE:
+        if now - mark < self.limits.partial_interval_s * self.rate:
             return
         try:  # partials are shed first: they may only use the lower half of the queue
-            self._partial = self._submit("partial", start, now, self.limits.partial_beam_size,
+            self._partial = self._submit(Kind.PARTIAL, start, now, self.limits.partial_beam_size,
                                          reserve=self._engine.policy.queue_depth // 2)
         except QueueFull:
             return  # partials are best-effort: the next chunk tries again
@@ -264,14 +275,14 @@ class StreamSession:
             if item.job.future.cancelled():
                 continue
             if item.job.future.exception() is not None:
-                if item.kind == "partial":
+                if item.kind is Kind.PARTIAL:
                     continue
                 raise StreamError(1011, f"decoding segment {item.segment} failed")
             result = item.job.future.result()[0]
-            if item.kind == "partial":
-                yield {"type": "partial", "segment": item.segment, "text": result.text, "start": round(item.start, 3)}
+            if item.kind is Kind.PARTIAL:
+                yield {"type": Kind.PARTIAL.value, "segment": item.segment, "text": result.text, "start": round(item.start, 3)}
                 continue
-            final = {"type": "final", "segment": item.segment, "text": result.text, "start": round(item.start, 3),
+            final = {"type": Kind.FINAL.value, "segment": item.segment, "text": result.text, "start": round(item.start, 3),
                      "end": round(item.end, 3)}
             if self.options.word_timestamps:
                 final["words"] = [asdict(w.shifted(item.start)) for w in result.words]

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.alignment import WordTiming
-from model.audio import AudioError, AudioTooLong, decode_audio
+from model.audio import AudioError, AudioTooLong
 from model.decoding import DecodeOptions
 from model.recognizer import NBest, TranscriptionResult
 
 from .engine import BatchingEngine, EngineClosed, Job, OnResult, QueueFull
 from .errors import ApiError
-from .segmenter import plan_segments
+from .segmenter import decode_and_plan, join_texts
 from .vad import SpeechDetector
 
 
@@ -73,12 +73,11 @@ class TranscriptionService:
     def _prepare(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Runs on a helper thread: decoding and VAD are CPU work that must stay off the event loop."""
         try:
-            audio, _ = decode_audio(data, target_rate=self.rate, max_seconds=self.max_audio_s)
+            return decode_and_plan(data, self._detector, self.rate, self.max_segment_s, self.max_audio_s)
         except AudioTooLong as e:
             raise ApiError(413, str(e)) from e
         except AudioError as e:  # libsndfile names the in-memory file object; the client needs only the reason
             raise ApiError(400, re.sub(r"Error opening <[^>]*>: ", "", str(e))) from e
-        return audio, plan_segments(self._detector, audio, self.rate, self.max_segment_s)
 
     async def _prepare_bounded(self, data: bytes) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """:meth:`_prepare` on a helper thread, at most ``max_decodes`` at a time; 429 after waiting too long."""
@@ -121,9 +120,9 @@ class TranscriptionService:
         job, spans, duration, preprocess_ms = await self._submit(data, options, request_id)
         if job is None:
             return Transcript("", [], duration, 0.0, 0.0, preprocess_ms)
-        results = await _unless_gone(job, disconnected)
+        results = await _unless_gone(self._engine, job, disconnected)
         segments = [self._segment(span, r) for span, r in zip(spans, results)]
-        text = " ".join(s.text for s in segments if s.text)
+        text = join_texts(s.text for s in segments)
         return Transcript(text, segments, duration, job.queue_s * 1000, job.compute_s * 1000, preprocess_ms)
 
     async def stream(self, data: bytes, options: DecodeOptions, *,
@@ -152,7 +151,7 @@ class TranscriptionService:
                 yield self._segment(span, decoded[i].result())
         finally:
             if not job.future.done():
-                job.cancel()
+                self._engine.cancel(job)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
@@ -160,7 +159,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> Non
         loop.call_soon_threadsafe(fn)
 
 
-async def _unless_gone(job: Job, disconnected: Callable[[], Awaitable[object]] | None):
+async def _unless_gone(engine: BatchingEngine, job: Job, disconnected: Callable[[], Awaitable[object]] | None):
     """Wait for the job; if the client disconnects first, withdraw its pending segments from the queue."""
     if disconnected is None:
         return await _result(job)
@@ -170,7 +169,7 @@ async def _unless_gone(job: Job, disconnected: Callable[[], Awaitable[object]] |
     finally:
         watcher.cancel()
     if not job.future.done():
-        job.cancel()
+        engine.cancel(job)
         raise ApiError(499, "client disconnected")
     return await _result(job)
 

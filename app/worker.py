@@ -1,4 +1,6 @@
-"""The model worker: the only code in ``app/`` that touches the recognizer (and through it, tensors)."""
+"""The model worker: the server's one holder of the recognizer (and through it, of tensors); the engine's
+inference thread is its only caller. (``speech-transformer transcribe`` runs a recognizer of its own, with no
+server.)"""
 
 from __future__ import annotations
 

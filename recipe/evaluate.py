@@ -86,19 +86,31 @@ def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_s
     return out
 
 
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    """The server's mapping from settings to decode options, with the flags that were given overriding them."""
+    from app.config import Settings
+
+    flags = {"default_beam_size": args.beam, "ctc_weight": args.ctc_weight, "ctc_mode": args.ctc_mode,
+             "lm_weight": args.lm_weight, "lm_fusion_weight": args.lm_fusion_weight,
+             "lm_fusion_bonus": args.lm_fusion_bonus}
+    return Settings(**{k: v for k, v in flags.items() if v is not None}).decoding()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights")
     p.add_argument("--manifest", required=True, action="append", help="may be given several times")
-    p.add_argument("--beam", type=int, default=DecodeOptions.beam_size)
-    p.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight)
-    p.add_argument("--ctc-mode", choices=["prefix", "rescore"], default=DecodeOptions.ctc_mode)
-    p.add_argument("--lm-fusion-weight", type=float, default=DecodeOptions.lm_fusion_weight,
-                   help="weight of the word LM inside the beam search (shallow fusion); 0 = off")
-    p.add_argument("--lm-fusion-bonus", type=float, default=DecodeOptions.lm_fusion_bonus,
-                   help="fusion: added to each completed word's LM log-probability")
-    p.add_argument("--lm-weight", type=float, default=DecodeOptions.lm_weight,
-                   help="word LM weight when re-ranking the beam (0 = none)")
+    # Decoding defaults to exactly what the server would do: its ASR_* settings, through Settings.decoding().
+    p.add_argument("--beam", type=int, help="beam width (default: the server's, ASR_DEFAULT_BEAM_SIZE)")
+    p.add_argument("--ctc-weight", type=float, help="default: ASR_CTC_WEIGHT")
+    p.add_argument("--ctc-mode", choices=["prefix", "rescore"], help="default: ASR_CTC_MODE")
+    p.add_argument("--lm-fusion-weight", type=float,
+                   help="weight of the word LM inside the beam search (shallow fusion); 0 = off (default: "
+                        "ASR_LM_FUSION_WEIGHT)")
+    p.add_argument("--lm-fusion-bonus", type=float,
+                   help="fusion: added to each completed word's LM log-probability (default: ASR_LM_FUSION_BONUS)")
+    p.add_argument("--lm-weight", type=float,
+                   help="word LM weight when re-ranking the beam; 0 = none (default: ASR_LM_WEIGHT)")
     p.add_argument("--lm", default="auto", help="ARPA word LM: 'auto' (the one beside the weights, if any), a path, "
                                                 "or 'none'")
     p.add_argument("--oracle", action="store_true",
@@ -110,8 +122,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     rec = Recognizer.load(a.weights, device="cpu", lm=None if a.lm == "none" else a.lm)
-    opts = DecodeOptions(beam_size=a.beam, ctc_weight=a.ctc_weight, ctc_mode=a.ctc_mode, lm_weight=a.lm_weight,
-                         lm_fusion_weight=a.lm_fusion_weight, lm_fusion_bonus=a.lm_fusion_bonus)
+    opts = decode_options(a)
     reports = []
     for m in a.manifest:
         r = evaluate(rec, m, opts, a.batch_size, a.oracle)
@@ -120,8 +131,8 @@ def main() -> None:
         print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
-    summary = {"weights": str(a.weights), "beam": a.beam, "ctc_weight": a.ctc_weight, "ctc_mode": a.ctc_mode,
-               "lm_weight": a.lm_weight if rec.lm else None, "reports": reports}
+    summary = {"weights": str(a.weights), "beam": opts.beam_size, "ctc_weight": opts.ctc_weight,
+               "ctc_mode": opts.ctc_mode, "lm_weight": opts.lm_weight if rec.lm else None, "reports": reports}
     if a.report:
         Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
     last = {"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}

@@ -197,7 +197,7 @@ def test_cancelled_jobs_leave_the_queue_before_they_run() -> None:
     async def main():
         gone = engine.submit([wave(1), wave(2)], BEAM1)
         kept = engine.submit([wave(3)], BEAM1)
-        gone.cancel()
+        engine.cancel(gone)
         assert engine.depth == 1
         result = await kept
         assert gone.future.cancelled()

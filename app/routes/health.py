@@ -23,7 +23,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Response:
     state = service_state(request)
     name = state.worker.name if state.worker else None
-    body = Readiness(status=state.phase, model=name, detail=state.error)
+    body = Readiness(status=state.phase.value, model=name, detail=state.error)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if state.ready else 503)
 
 

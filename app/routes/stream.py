@@ -37,7 +37,7 @@ def limits_from(state: ServiceState) -> StreamLimits:
     return StreamLimits(max_frame_bytes=s.stream_max_frame_bytes, max_seconds=s.stream_max_seconds,
                         partial_interval_s=s.stream_partial_interval_ms / 1000,
                         endpoint_silence_s=s.stream_endpoint_silence_ms / 1000,
-                        partial_beam_size=s.stream_partial_beam_size, vad_threshold=s.vad_threshold,
+                        partial_beam_size=s.stream_partial_beam_size, sample_rate=state.worker.sample_rate,
                         max_segment_s=state.worker.max_segment_seconds,
                         max_pending_finals=s.stream_max_pending_finals)
 
