@@ -17,14 +17,6 @@ from .features import FilterbankFeatures, GlobalCMVN
 from .lm import NgramLM
 from .lm_fusion import WordLMFusion
 
-LM_FILES = ("lm.arpa.xz", "lm.arpa.gz", "lm.arpa")  # an optional word language model beside the checkpoint
-
-
-def word_lm_beside(weights: str | Path) -> Path | None:
-    """The word LM file in a checkpoint directory, if it has one."""
-    candidates = (Path(weights) / name for name in LM_FILES)
-    return next((path for path in candidates if path.is_file()), None)
-
 
 @dataclass(frozen=True)
 class NBest:
@@ -80,11 +72,12 @@ class Recognizer:
     @classmethod
     def load(cls, weights: str | Path, device: str = "auto", dtype: str = "auto",
              lm: str | Path | None = "auto") -> "Recognizer":
-        """``lm``: an ARPA file, ``"auto"`` for the one beside the checkpoint if there is one, None for none."""
+        """``lm``: an ARPA file, ``"auto"`` for the checkpoint's own if it has one (`Checkpoint.lm`), None for none."""
         dev = pick_device(device)
+        ckpt = load_checkpoint(weights, dev)
         if lm == "auto":
-            lm = word_lm_beside(weights)
-        return cls(load_checkpoint(weights, dev), dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
+            lm = ckpt.lm
+        return cls(ckpt, dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
 
     @property
     def sample_rate(self) -> int:
