@@ -135,6 +135,7 @@ class StreamConfigMessage(BaseModel):
 
     type: Literal["config"]
     sample_rate: int = Field(16000, ge=SAMPLE_RATES[0], le=SAMPLE_RATES[1], description="of the binary frames that follow")
-    encoding: str = Field("pcm_s16le", description="pcm_s16le (16-bit little-endian) or f32le (32-bit float)")
+    encoding: str = Field("pcm_s16le", description="pcm_s16le (16-bit little-endian), f32le (32-bit float), or "
+                          "mulaw / alaw (8-bit G.711, one byte a sample: telephony, usually at 8000 Hz)")
     beam_size: int | None = Field(None, ge=1, description="beam width of finals (default ASR_DEFAULT_BEAM_SIZE)")
     word_timestamps: bool = Field(False, description="finals carry 'words': [{word, start, end}]")

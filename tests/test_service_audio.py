@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import warnings
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
@@ -85,6 +88,43 @@ def test_pcm_decoder_carries_split_samples_and_rejects_nan() -> None:
         PcmDecoder("f32le").decode(np.array([0.1, np.nan], "<f4").tobytes())
     with pytest.raises(PcmError, match="unsupported encoding"):
         PcmDecoder("mp3")
+
+
+def _reference_g711(codes: bytes, encoding: str) -> np.ndarray:
+    """Python's own G.711 decoder (audioop: deprecated, still in 3.11-3.12), used only to check libsndfile's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")
+    linear = audioop.ulaw2lin(codes, 2) if encoding == "mulaw" else audioop.alaw2lin(codes, 2)
+    return np.frombuffer(linear, "<i2") / 32768
+
+
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+def test_g711_frames_decode_to_the_standard_values(encoding: str) -> None:
+    """All 256 codes, fed in frames of 1, 2 and 3 bytes, give the 16-bit values of G.711, scaled like pcm_s16le."""
+    codes = bytes(range(256))
+    dec = PcmDecoder(encoding)
+    pieces, start = [], 0
+    for size in itertools.cycle([1, 2, 3]):
+        if start >= len(codes):
+            break
+        pieces.append(dec.decode(codes[start : start + size]))
+        start += size
+    got = np.concatenate(pieces)
+    assert got.dtype == np.float32 and got.size == 256
+    np.testing.assert_array_equal(got, _reference_g711(codes, encoding).astype(np.float32))
+    assert dec.decode(b"").size == 0
+
+
+def test_g711_round_trips_a_tone_through_soundfile() -> None:
+    """What a telephony client sends (soundfile's μ-law/A-law encoder) decodes to the tone within G.711's error."""
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(800) / 8000).astype(np.float32)
+    for encoding, subtype in [("mulaw", "ULAW"), ("alaw", "ALAW")]:
+        buf = io.BytesIO()
+        sf.write(buf, tone, 8000, format="RAW", subtype=subtype)
+        got = PcmDecoder(encoding).decode(buf.getvalue())
+        assert got.size == tone.size
+        assert np.abs(got - tone).max() < 0.02  # 8-bit companding: a step of at most 1/32 near full scale
 
 
 def test_endpointer_opens_closes_and_drops_blips() -> None:

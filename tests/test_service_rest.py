@@ -51,10 +51,13 @@ def as_format(audio: np.ndarray, fmt: str) -> tuple[bytes, str]:
         return encode(audio, 16000, "MP3", "MPEG_LAYER_III"), "a.mp3"
     if fmt == "wav-8k":
         return encode(AF.resample(torch.from_numpy(audio), 16000, 8000).numpy(), 8000, "WAV", "PCM_16"), "a.wav"
+    if fmt in ("wav-8k-ulaw", "wav-8k-alaw"):  # telephony: G.711 in a WAV, one byte a sample
+        subtype = "ULAW" if fmt.endswith("ulaw") else "ALAW"
+        return encode(AF.resample(torch.from_numpy(audio), 16000, 8000).numpy(), 8000, "WAV", subtype), "a.wav"
     raise ValueError(fmt)
 
 
-@pytest.mark.parametrize("fmt", ["espeak-wav", "flac-44k-stereo", "ogg", "mp3", "wav-8k"])
+@pytest.mark.parametrize("fmt", ["espeak-wav", "flac-44k-stereo", "ogg", "mp3", "wav-8k", "wav-8k-ulaw", "wav-8k-alaw"])
 def test_every_format_transcribes(server, speech, fmt: str) -> None:
     clip = speech["hello"]
     data, name = (clip.wav, "a.wav") if fmt == "espeak-wav" else as_format(clip.audio, fmt)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from websockets.asyncio.client import connect
 
 from app.client import pcm_chunks, stream_audio, stream_url
+from model.resample import resample
 from tests.conftest import encode, exchange
 
 
@@ -61,6 +64,22 @@ def test_stream_at_other_rates_and_float_encoding(server, speech) -> None:
     assert code == 1000
     finals = [m for m in replies if m["type"] == "final"]
     assert len(finals) == 1 and finals[0]["end"] == pytest.approx(len(audio) / 44100, abs=0.1)
+
+
+@pytest.mark.parametrize(("encoding", "subtype"), [("mulaw", "ULAW"), ("alaw", "ALAW")])
+def test_stream_in_g711_at_8khz(server, speech, encoding: str, subtype: str) -> None:
+    """Telephony: 8 kHz G.711 (one byte a sample) in 20 ms packets of 160 bytes, as a phone gateway sends it."""
+    audio = resample(speech["fox"].audio, 16000, 8000)
+    buf = io.BytesIO()
+    sf.write(buf, audio, 8000, format="RAW", subtype=subtype)
+    codes = buf.getvalue()
+    assert len(codes) == len(audio)
+    config = json.dumps({"type": "config", "sample_rate": 8000, "encoding": encoding, "beam_size": 1})
+    frames = [codes[i: i + 160] for i in range(0, len(codes), 160)]
+    replies, code, _ = run(session(server.url, [config, *frames, json.dumps({"type": "eof"})]))
+    assert code == 1000
+    finals = [m for m in replies if m["type"] == "final"]
+    assert len(finals) == 1 and finals[0]["end"] == pytest.approx(len(audio) / 8000, abs=0.1)
 
 
 def test_finals_carry_word_timings_when_asked(server, speech) -> None:
@@ -114,6 +133,8 @@ PCM = np.zeros(1600, "<i2").tobytes()
     (["[1, 2]"], 1007, "type"),
     ([json.dumps({"type": "start"})], 1008, "unknown message type"),
     ([json.dumps({"type": "config", "encoding": "mp3"})], 1003, "unsupported encoding"),
+    ([json.dumps({"type": "config", "encoding": "ulaw"})], 1003, "mulaw"),  # the message lists the names
+    ([json.dumps({"type": "config", "encoding": 8})], 1007, "encoding"),
     ([json.dumps({"type": "config", "sample_rate": 100})], 1007, "sample_rate"),
     ([json.dumps({"type": "config", "beam_size": 0})], 1007, "beam_size"),
     ([json.dumps({"type": "config", "beam_size": 500})], 1007, "beam_size"),
