@@ -1,17 +1,19 @@
 """Waveform augmentation that makes synthetic speech look more like real recordings.
 
 Each utterance copy draws its own chain: speed perturbation (tempo and pitch together, by resampling), gain, a
-random microphone-like band limit, synthetic room reverberation, and additive noise (white, pink, brown, hum or
-babble from other utterances) at a random SNR. Frequency warping (VTLP) happens in the filterbank, so it is
+random microphone-like band limit, synthetic room reverberation, additive noise (white, pink, brown, hum or
+babble from other utterances) at a random SNR, and optionally a telephone channel. Frequency warping (VTLP) happens in the filterbank, so it is
 returned as a warp factor for the feature extractor rather than applied here.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
@@ -31,6 +33,11 @@ class AugmentConfig:
     # chains are unchanged. TTS clips start almost at once; real uploads and streams do not.
     pad_s: float = 0.0
     p_pad: float = 0.5
+    # A telephone line after everything else, with probability p_telephone: 300-3400 Hz, 8 kHz, a narrowband codec
+    # (G.711 mu-law or A-law, or GSM 6.10, all by libsndfile) and line noise. 0 (the default) draws nothing, so
+    # earlier corpora's random chains are unchanged.
+    p_telephone: float = 0.0
+    line_snr_db: tuple[float, float] = (25.0, 45.0)
 
 
 def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,6 +92,23 @@ def babble(n: int, others: list[np.ndarray], rng: np.random.Generator) -> np.nda
 
 
 NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+TELEPHONE_RATE = 8000
+TELEPHONE_CODECS = ("ULAW", "ALAW", "GSM610")  # G.711 both ways, and the GSM full-rate codec
+
+
+def telephone(y: np.ndarray, rate: int, rng: np.random.Generator, line_snr_db: tuple[float, float]) -> np.ndarray:
+    """``y`` as heard at the far end of a phone call: band-limited to 300-3400 Hz, noise on the line, sampled at
+    8 kHz through a narrowband codec, and brought back to ``rate`` (the band above 4 kHz stays empty)."""
+    x = AF.lowpass_biquad(AF.highpass_biquad(torch.from_numpy(y), rate, 300.0), rate, 3400.0)
+    narrow = AF.resample(x, rate, TELEPHONE_RATE).numpy()
+    kind = str(rng.choice(["white", "pink", "hum"]))
+    narrow = mix_at_snr(narrow, make_noise(kind, narrow.size, TELEPHONE_RATE, rng), float(rng.uniform(*line_snr_db)))
+    narrow = narrow * (float(rng.uniform(0.2, 0.9)) / (float(np.abs(narrow).max()) + 1e-9))  # the codec's input level
+    buf = io.BytesIO()
+    sf.write(buf, narrow.astype(np.float32), TELEPHONE_RATE, format="WAV", subtype=str(rng.choice(TELEPHONE_CODECS)))
+    buf.seek(0)
+    coded, _ = sf.read(buf, dtype="float32")
+    return AF.resample(torch.from_numpy(coded[: narrow.size]), TELEPHONE_RATE, rate).numpy()
 
 
 def make_noise(kind: str, n: int, rate: int, rng: np.random.Generator, others: list[np.ndarray] | None = None) -> np.ndarray:
@@ -122,6 +146,8 @@ def augment(
             picks = [others[int(i)] for i in rng.integers(0, len(others), size=int(rng.integers(2, 6)))]
         noise = make_noise(kind, y.size, rate, rng, picks)
         y = mix_at_snr(y, noise, float(rng.uniform(*cfg.snr_db)))
+    if cfg.p_telephone > 0 and rng.random() < cfg.p_telephone:
+        y = telephone(y.astype(np.float32), rate, rng, cfg.line_snr_db)
     peak = float(np.abs(y).max()) + 1e-9
     target = min(10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.5, 0.99)
     y = y * (target / peak)
