@@ -1,4 +1,5 @@
-"""Word and character error rates of a checkpoint on a manifest, per voice, plus the real-time factor.
+"""Word and character error rates of a checkpoint on a manifest, per voice, plus the real-time factor and the
+exact-match rate (overall and on utterances of 1-3 words).
 
     python -m recipe.evaluate --weights weights --manifest data/corpus/test_seen.jsonl [--beam 5] [--report out.json]
 
@@ -26,8 +27,32 @@ from model.recognizer import Recognizer
 from .manifest import read_manifest
 
 
-def score(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    return {"wer": round(jiwer.wer(refs, hyps), 4), "cer": round(jiwer.cer(refs, hyps), 4), "utterances": len(refs)}
+SHORT_WORDS = 3  # "short" utterances have 1-3 reference words: a digit, a command, a yes or a no
+
+
+def exact_rate(refs: list[str], hyps: list[str]) -> float | None:
+    """Share of utterances transcribed word for word (lower-cased): what a user of digits and commands notices,
+    where the WER pools word errors over the whole set."""
+    if not refs:
+        return None
+    hits = sum(ref.lower().split() == hyp.lower().split() for ref, hyp in zip(refs, hyps))
+    return round(hits / len(refs), 4)
+
+
+def score(refs: list[str], hyps: list[str]) -> dict[str, float | int | None]:
+    """WER and CER, and the exact-match rate overall and on the short utterances (None when there are none)."""
+    short = [i for i, ref in enumerate(refs) if 1 <= len(ref.split()) <= SHORT_WORDS]
+    return {"wer": round(jiwer.wer(refs, hyps), 4), "cer": round(jiwer.cer(refs, hyps), 4), "utterances": len(refs),
+            "exact": exact_rate(refs, hyps),
+            "exact_short": exact_rate([refs[i] for i in short], [hyps[i] for i in short]),
+            "short_utterances": len(short)}
+
+
+def describe(s: dict) -> str:
+    """One line of the printed summary: the error rates, then how many utterances came out exactly right."""
+    n = s["short_utterances"]
+    short = f", {s['exact_short']:.2%} of the {n} of 1-{SHORT_WORDS} words" if n else ""
+    return f"WER {s['wer']:.2%} CER {s['cer']:.2%}, exact {s['exact']:.2%}{short}"
 
 
 def word_errors(ref: str, hyp: str) -> int:
@@ -128,14 +153,15 @@ def main() -> None:
         r = evaluate(rec, m, opts, a.batch_size, a.oracle)
         reports.append(r)
         oracle = f", oracle of the {r['n_best']}-best {r['oracle_wer']:.2%}" if a.oracle else ""
-        print(f"{m}: WER {r['wer']:.2%} CER {r['cer']:.2%} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
+        print(f"{m}: {describe(r)} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
         for v, s in r["per_engine"].items():
-            print(f"  {v}: WER {s['wer']:.2%} CER {s['cer']:.2%} ({s['utterances']} utterances)")
+            print(f"  {v}: {describe(s)} ({s['utterances']} utterances)")
     summary = {"weights": str(a.weights), "beam": opts.beam_size, "ctc_weight": opts.ctc_weight,
                "ctc_mode": opts.ctc_mode, "lm_weight": opts.lm_weight if rec.lm else None, "reports": reports}
     if a.report:
         Path(a.report).write_text(json.dumps(summary, indent=2) + "\n")
-    last = {"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports]}
+    last = {"wer": [r["wer"] for r in reports], "cer": [r["cer"] for r in reports],
+            "exact": [r["exact"] for r in reports], "exact_short": [r["exact_short"] for r in reports]}
     if a.oracle:
         last["oracle_wer"] = [r["oracle_wer"] for r in reports]
     print(json.dumps(last))

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recipe.evaluate import score
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ROOT / "tests" / "fixtures" / "clips.jsonl"
 
 
-def test_evaluate_reports_wer_cer_per_voice_rtf_and_the_oracle(tmp_path: Path) -> None:
+def test_evaluate_reports_wer_cer_exact_match_per_voice_rtf_and_the_oracle(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in CLIPS.read_text().splitlines() if line.strip()]
     # The same audio with one reference word changed: exactly one substitution among all the reference words.
     wrong = [dict(r, audio=str(CLIPS.parent / r["audio"])) for r in rows]
@@ -36,4 +38,22 @@ def test_evaluate_reports_wer_cer_per_voice_rtf_and_the_oracle(tmp_path: Path) -
     assert 0.0 <= off["oracle_wer"] <= off["wer"]
     assert [i["hyp"] for i in off["items"]] == [r["text"] for r in rows]
     last = json.loads(out.stdout.strip().splitlines()[-1])
-    assert last == {"wer": [0.0, round(1 / words, 4)], "cer": [0.0, off["cer"]], "oracle_wer": [0.0, off["oracle_wer"]]}
+    short = [r for r in rows if len(r["text"].split()) <= 3]  # "no one responded", the one the altered copy changed
+    assert exact["exact"] == exact["exact_short"] == 1.0 and exact["short_utterances"] == len(short) == 1
+    assert off["exact"] == round(1 - 1 / len(rows), 4) and off["exact_short"] == 0.0
+    assert off["per_voice"][rows[-1]["voice"]]["exact"] == 0.0 and off["per_voice"][rows[0]["voice"]]["exact"] == 1.0
+    assert "exact 100.00%, 100.00% of the 1 of 1-3 words" in out.stdout
+    assert last == {"wer": [0.0, round(1 / words, 4)], "cer": [0.0, off["cer"]], "exact": [1.0, off["exact"]],
+                    "exact_short": [1.0, 0.0], "oracle_wer": [0.0, off["oracle_wer"]]}
+
+
+def test_exact_match_counts_whole_utterances_overall_and_of_1_to_3_words() -> None:
+    refs = ["seven", "four seven one nine", "zero", "yes please", "the quick brown fox jumps"]
+    hyps = ["seven", "four seven one", "zero zero", "yes please", "the quick brown fox jumps"]
+    s = score(refs, hyps)
+    assert s["exact"] == 0.6 and s["utterances"] == 5  # a missing or an extra word makes it inexact
+    assert s["exact_short"] == round(2 / 3, 4) and s["short_utterances"] == 3
+    assert s["wer"] == round(2 / 13, 4)
+    assert score(["seven"], [" Seven "])["exact"] == 1.0  # words compared lower-cased, as the references are
+    none_short = score(["the quick brown fox"], ["the quick brown fox"])
+    assert none_short["exact"] == 1.0 and none_short["exact_short"] is None and none_short["short_utterances"] == 0
