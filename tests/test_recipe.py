@@ -437,3 +437,32 @@ def test_the_word_lm_is_part_of_the_checkpoint_and_travels_with_it(tmp_path: Pat
     assert list(json.loads((saved / "config.json").read_text()))[-1] == "provenance"
     rec = Recognizer.load(saved, device="cpu")
     assert rec.lm is not None and rec.lm.score("open the door") > rec.lm.score("door the open")
+
+
+def test_short_text_holds_dev_and_test_out_by_text() -> None:
+    from recipe.short_text import DIGITS, build
+
+    splits = build(train_lines=2000, dev_lines=60, test_lines=60, seed=3)
+    train = set(splits["train"])
+    assert len(splits["train"]) == 2000 and len(set(splits["dev"])) == 60 and len(set(splits["test"])) == 60
+    assert not train & set(splits["dev"]) and not train & set(splits["test"]) and not set(splits["dev"]) & set(splits["test"])
+    assert set(DIGITS) <= train and "oh" in train  # single digits are training's, judged on real speech
+    assert all(1 <= len(line.split()) <= 12 for split in splits.values() for line in split)
+    assert all(set(line) <= set("abcdefghijklmnopqrstuvwxyz' ") for split in splits.values() for line in split)
+
+
+def test_telephone_channel_is_narrowband_and_keeps_the_length() -> None:
+    from recipe.augment import AugmentConfig, augment, telephone
+
+    rng = np.random.default_rng(0)
+    wide = (0.1 * rng.standard_normal(16000)).astype(np.float32)  # flat up to 8 kHz
+    for _ in range(6):  # each draw picks a codec: mu-law, A-law or GSM 6.10
+        phone = telephone(wide, 16000, rng, (30.0, 30.0))
+        assert phone.shape == wide.shape and np.isfinite(phone).all()
+        power = np.abs(np.fft.rfft(phone)) ** 2
+        freqs = np.fft.rfftfreq(phone.size, 1 / 16000)
+        assert power[freqs > 4000].sum() < 0.01 * power.sum()
+        assert power[(freqs > 500) & (freqs < 3000)].sum() > 0.5 * power.sum()
+    clean = augment(wide, 16000, np.random.default_rng(1), AugmentConfig())
+    unchanged = augment(wide, 16000, np.random.default_rng(1), AugmentConfig(p_telephone=0.0))
+    np.testing.assert_array_equal(clean[0], unchanged[0])  # off by default: earlier corpora's chains are unchanged
