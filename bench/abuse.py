@@ -487,7 +487,8 @@ def main() -> None:
     args = ap.parse_args()
 
     settings = dict(QUICK_SETTINGS) if args.quick else {"log_level": "info", "header_timeout_s": 5,
-                                                         "body_timeout_s": 10, "stream_rate_grace_s": 5}
+                                                         "body_timeout_s": 10, "stream_rate_grace_s": 5,
+                                                         "max_connections": 256}
     settings["api_key"] = API_KEY
     limit_s = float(settings.get("max_audio_seconds", 600.0))
     header_s, body_s = float(settings["header_timeout_s"]), float(settings["body_timeout_s"])
@@ -500,14 +501,15 @@ def main() -> None:
             a = Attacker(server, probe, API_KEY)
             rows = [*upload_cases(a, limit_s), *stream_cases(a, float(settings["stream_rate_grace_s"])),
                     *log_cases(a),
-                    *connection_cases(a, header_s, body_s, min(cap, 400), min(args.dribblers, cap - 10))]
+                    *connection_cases(a, header_s, body_s, cap, min(args.dribblers, cap - 10))]
             figures["log"] = log_is_clean(server.log_text(), API_KEY)
         print_table([asdict(r) | {"detail": json.dumps(r.detail)[:80]} for r in rows],
                     ["case", "status", "rss_rise_mb", "healthz_max_ms", "next_ok", "seconds", "detail"])
         figures |= {"cases": len(rows), "max_rss_rise_mb": max(r.rss_rise_mb for r in rows),
                     "max_healthz_ms": max(r.healthz_max_ms for r in rows),
                     "all_next_ok": all(r.next_ok for r in rows),
-                    "statuses": {r.case: r.status for r in rows}}
+                    "statuses": {r.case: r.status for r in rows},
+                    "dribbled": next(r.detail for r in rows if r.case == "dribbled_headers")}
         if not args.quick:
             speech = pcm16(probe)
             with ServerProcess(args.weights, scratch / "stream.log", {"queue_depth": 8}) as server:
