@@ -410,7 +410,8 @@ def fast_stream_beside_uploads(a: Attacker, speech: np.ndarray, seconds: float, 
         started = time.monotonic()
         frames = [pcm[i: i + frame] for i in range(0, len(pcm), frame)]
         sent = 0.0
-        with connect(a.ws_url(), additional_headers=a.headers, max_size=None) as ws:
+        # No client keepalive: while the server holds the stream back it does not read, pings included.
+        with connect(a.ws_url(), additional_headers=a.headers, max_size=None, ping_interval=None) as ws:
             replies: list[dict] = []
             reader = threading.Thread(target=_read_all, args=(ws, replies, 300), daemon=True)
             reader.start()

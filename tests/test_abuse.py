@@ -102,7 +102,8 @@ def test_a_fast_stream_stays_within_the_queue(checkpoint, speech, tmp_path) -> N
     depth = 4
     settings = {"queue_depth": depth, "default_beam_size": 2, "stream_max_pending_finals": 1}
     with ServerProcess(checkpoint, tmp_path / "server.log", settings) as server:
-        figures = fast_stream_beside_uploads(Attacker(server, speech["fox"].wav), speech["fox"].audio, seconds=4)
+        figures = fast_stream_beside_uploads(Attacker(server, speech["fox"].wav), speech["fox"].audio, seconds=3,
+                                             speedup=20)
     assert figures["stream_close_code"] == 1000 and figures["stream_finals"] >= 5, figures
     assert figures["queue_peak"] <= depth, figures
 
