@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng flite libsndfile1 festival festvox-kdlpc16k
+APT_PACKAGES := espeak-ng flite libsndfile1 festival festvox-kdlpc16k chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test bench clean-venv system-deps

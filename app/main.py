@@ -19,7 +19,7 @@ from .engine import BatchingEngine, BatchPolicy
 from .errors import install_error_handlers
 from .observability import RequestContext, configure_logging
 from .protocol import guarded_protocol
-from .routes import docs, health, openai, stream, transcribe
+from .routes import demo, docs, health, openai, stream, transcribe
 from .state import Phase, ServiceState
 from .transcriber import TranscriptionService
 from .vad import RATE as VAD_RATE
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After", "X-Ignored-Parameters"])
     app.add_middleware(RequestContext, metrics=state.metrics)
-    for module in (health, transcribe, openai, stream, *([docs] if private_docs else [])):
+    for module in (health, transcribe, openai, stream, demo, *([docs] if private_docs else [])):
         app.include_router(module.router)
     return app
 
