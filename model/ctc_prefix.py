@@ -73,7 +73,7 @@ class CTCPrefixScorer:
         self._ends = total[-1].masked_fill(total[-1] < -UNLIKELY / 2, NEG_INF)
         return torch.where(torch.isfinite(scores), scores - self.prev[:, None], IMPOSSIBLE)
 
-    def end_logprob(self, rows: torch.Tensor) -> torch.Tensor:
+    def end_logprob(self, rows: torch.Tensor | int) -> torch.Tensor:
         """Log-probability that the CTC output is exactly the hypothesis of each of ``rows`` (of the last
         :meth:`extend`): what the search reports for a hypothesis that ends there."""
         return self._ends[rows]

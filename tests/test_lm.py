@@ -146,12 +146,14 @@ def test_the_lm_reranks_the_finished_beam(tmp_path: Path) -> None:
 def test_fusion_adds_each_word_once_when_it_is_complete(tmp_path: Path) -> None:
     """Summed along a hypothesis, the fusion scores are exactly its LM score + bonus x words."""
     from model.lm_fusion import WordLMFusion
+    from model.scorer import Scorer
     from model.tokenizer import Tokenizer
 
     lm = NgramLM.load(write_arpa(estimate([s.split() for s in TEXT], order=3), tmp_path / "lm.arpa"))
     tok = Tokenizer(ROOT / "weights" / "tokenizer.model")
     eos = 3
     fusion = WordLMFusion(lm, tok, eos_id=eos, word_bonus=2.0)
+    assert isinstance(fusion, Scorer)
     texts = ["the cat sat on the mat", "a zebra and a dog", "mat"]  # "▁", "z", ... : a bare word-start piece too
     seqs = [[*tok.encode(t), eos] for t in texts]
     width = max(map(len, seqs))

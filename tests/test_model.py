@@ -13,9 +13,12 @@ from torchaudio.compliance import kaldi
 from model.alignment import FrameClock, align_words
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import FeatureConfig, ModelConfig
+from model.ctc_prefix import CTCPrefixScorer
+from model.decoder_scorer import DecoderScorer
 from model.decoding import DecodeOptions, beam_search
 from model.features import FilterbankFeatures, num_frames
 from model.recognizer import Recognizer
+from model.scorer import Scorer
 from model.testing import make_random_checkpoint
 from model.tokenizer import Tokenizer
 from model.transformer import SpeechTransformer, padding_mask
@@ -153,6 +156,23 @@ def test_beam_size_one_equals_greedy(net: SpeechTransformer) -> None:
     greedy = greedy_reference(net, memory, enc_lens)
     beam = beam_search(net, memory, enc_lens, DecodeOptions(beam_size=1, ctc_weight=0.0))
     assert [b[0].tokens for b in beam] == greedy
+
+
+@torch.no_grad()
+def test_the_decoder_and_the_ctc_head_are_scorers_of_one_interface(net: SpeechTransformer) -> None:
+    _, memory, enc_lens = encode(net, [160, 80], seed=7)
+    decoder = DecoderScorer(net.decoder, memory, enc_lens, beams=2, max_len=4, sos_id=net.cfg.sos_id)
+    ctc = CTCPrefixScorer(net.ctc_head(memory).log_softmax(-1), enc_lens, beams=2, blank=0, eos=net.cfg.eos_id)
+    assert isinstance(decoder, Scorer) and isinstance(ctc, Scorer)
+    every = decoder.extend(None)
+    assert every.shape == (4, net.cfg.vocab_size)
+    tokens = every.topk(3, dim=-1).indices
+    ctc.extend(tokens)
+    rows, chosen = torch.tensor([1, 1]), tokens[1, :2]  # the second utterance leaves; both beams follow row 1
+    for scorer in (decoder, ctc):
+        scorer.select(rows, chosen)
+    assert decoder.mask.shape[0] == 1 and decoder.extend(None).shape == (2, net.cfg.vocab_size)
+    assert ctc.extend(None).shape == (2, net.cfg.vocab_size)
 
 
 def test_cache_and_recompute_give_the_same_beams(net: SpeechTransformer) -> None:
