@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -109,8 +110,9 @@ def beam_search(
         logp, must_end = _length_rules(decoder.extend(None).view(len(live.active), beams, -1), t, live.max_len,
                                        opts.min_len, cfg.eos_id)
         step = _expand(live, logp, 1.0 if ctc is None else 1 - ctc_weight, others, width)
-        _finish(step, live, t, finished, ctc, cfg.eos_id)
-        if not _advance(live, _prune(step, beams, cfg.eos_id), t, finished, must_end, scorers):
+        ends = step.token == cfg.eos_id
+        _finish(step, ends, live, t, finished, ctc)
+        if not _advance(live, _prune(step, ends), t, finished, must_end, scorers):
             break
 
     rescore = ctc_logprobs if ctc_weight > 0 and ctc is None else None
@@ -136,8 +138,7 @@ class _Beams:
         return cls(list(range(batch)), scores, torch.zeros(batch, beams, device=device), max_len, history)
 
 
-@dataclass(frozen=True)
-class _Step:
+class _Step(NamedTuple):
     """The best extensions of each live utterance's beams, best first: ``(n, 2K)``, or ``(n, K)`` once pruned."""
 
     scores: torch.Tensor
@@ -146,7 +147,8 @@ class _Step:
     token: torch.Tensor
 
     def take(self, index: torch.Tensor) -> _Step:
-        return _Step(*(x.gather(1, index) for x in (self.scores, self.att, self.parent, self.token)))
+        return _Step(self.scores.gather(1, index), self.att.gather(1, index), self.parent.gather(1, index),
+                     self.token.gather(1, index))
 
 
 def _length_rules(logp: torch.Tensor, t: int, max_len: torch.Tensor, min_len: int,
@@ -180,22 +182,22 @@ def _expand(live: _Beams, logp: torch.Tensor, weight: float, others: list[tuple[
     return _Step(top_scores, att, parent, token)
 
 
-def _finish(step: _Step, live: _Beams, t: int, finished: list[list[Finished]], ctc: CTCPrefixScorer | None,
-            eos: int) -> None:
-    """End tokens ranked within the first K candidates complete a hypothesis."""
+def _finish(step: _Step, ends: torch.Tensor, live: _Beams, t: int, finished: list[list[Finished]],
+            ctc: CTCPrefixScorer | None) -> None:
+    """End tokens (``ends``) ranked within the first K candidates complete a hypothesis."""
     beams = live.scores.shape[1]
-    ends = (step.token[:, :beams] == eos) & torch.isfinite(step.scores[:, :beams])
-    for u, r in ends.nonzero().tolist():
+    for u, r in (ends[:, :beams] & torch.isfinite(step.scores[:, :beams])).nonzero().tolist():
         row = u * beams + int(step.parent[u, r])
         ctc_logprob = None if ctc is None else float(ctc.end_logprob(row))
         finished[live.active[u]].append(Finished(tuple(live.history[row, :t].tolist()), float(step.scores[u, r]),
                                                  float(step.att[u, r]), ctc_logprob))
 
 
-def _prune(step: _Step, beams: int, eos: int) -> _Step:
-    """The K best candidates that do not end stay alive."""
-    order = torch.arange(2 * beams, device=step.token.device).expand(step.token.shape[0], -1)
-    keep = (order + (step.token == eos).long() * 2 * beams).topk(beams, dim=1, largest=False).indices
+def _prune(step: _Step, ends: torch.Tensor) -> _Step:
+    """The K best of the 2K candidates that do not end (``ends``) stay alive."""
+    n, width = ends.shape
+    order = torch.arange(width, device=ends.device).expand(n, -1)
+    keep = (order + ends.long() * width).topk(width // 2, dim=1, largest=False).indices
     return step.take(keep)
 
 
