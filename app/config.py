@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(600.0, gt=0, description="checked against the file's header, then while decoding")
     max_concurrent_decodes: int = Field(2, ge=1, description="uploads decoded from bytes at once; the rest wait")
-    decode_wait_s: float = Field(10.0, gt=0, description="how long an upload waits for a decoding slot before 429")
+    decode_wait_s: float = Field(10.0, gt=0, description="how long an upload waits for a decoding slot (429 after), "
+                                                         "and a stream's final for room in the queue (1013 after)")
     default_beam_size: int = Field(DecodeOptions.beam_size, ge=1)
     max_beam_size: int = Field(32, ge=1)
     ctc_weight: float = Field(DecodeOptions.ctc_weight, ge=0, le=1,

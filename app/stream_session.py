@@ -23,6 +23,7 @@ from .pcm import PcmDecoder, PcmError
 from model.resample import StreamResampler
 from .vad import FRAME, FRAME_S, SpeechDetector
 
+QUEUE_POLL_S = 0.05
 SLICE_S = 0.25  # source audio consumed between two turns of the event loop
 
 
@@ -56,6 +57,7 @@ class StreamLimits:
     sample_rate: int = 16000  # what the model decodes (and the VAD scores) at
     max_segment_s: float = 20.0
     max_pending_finals: int = 2  # beyond this many undecoded finals the session stops taking audio
+    queue_wait_s: float = 10.0  # how long a final waits for room in a full queue before 1013
 
 
 class AudioTape:
@@ -238,16 +240,23 @@ class StreamSession:
 
     async def _queue_final(self, start_frame: int, end_frame: int, force: bool = False) -> None:
         """Queue a closed segment's final, after waiting for room among this session's own finals. Finals count
-        against the server's queue like uploads do: a full queue ends the session with 1013 (retry later).
-        Only the shutdown drain forces them in."""
+        against the server's queue like uploads do: a final waits up to ``queue_wait_s`` for room, then the
+        session ends with 1013 (retry later). Only the shutdown drain forces them in."""
         while len(pending := [j for j in self._finals if not j.future.done()]) >= self.limits.max_pending_finals:
             waited = time.monotonic()
             await asyncio.wait([pending[0].future])
             self.held_s += time.monotonic() - waited
-        try:
-            job = self._submit(Kind.FINAL, start_frame * FRAME, end_frame * FRAME, self.options.beam_size, force=force)
-        except QueueFull as e:
-            raise StreamError(1013, f"the server is busy ({e}); retry shortly") from e
+        waited = time.monotonic()
+        while True:
+            try:
+                job = self._submit(Kind.FINAL, start_frame * FRAME, end_frame * FRAME, self.options.beam_size,
+                                   force=force)
+                break
+            except QueueFull as e:  # wait for room (not reading the client meanwhile), then give up
+                if time.monotonic() - waited > self.limits.queue_wait_s:
+                    raise StreamError(1013, f"the server is busy ({e}); retry shortly") from e
+                await asyncio.sleep(QUEUE_POLL_S)
+        self.held_s += time.monotonic() - waited
         self._finals = [*pending, job]
         self._segment += 1
         self._partial_mark = 0

@@ -39,7 +39,7 @@ def limits_from(state: ServiceState) -> StreamLimits:
                         endpoint_silence_s=s.stream_endpoint_silence_ms / 1000,
                         partial_beam_size=s.stream_partial_beam_size, sample_rate=state.worker.sample_rate,
                         max_segment_s=state.worker.max_segment_seconds,
-                        max_pending_finals=s.stream_max_pending_finals)
+                        max_pending_finals=s.stream_max_pending_finals, queue_wait_s=s.decode_wait_s)
 
 
 def parse_control(text: str, state: ServiceState) -> StreamOptions | None:
@@ -116,27 +116,16 @@ async def _run(ws: WebSocket, session: StreamSession, state: ServiceState) -> in
                     raise StreamError(1001, f"no message for {idle:g} s")
                 pace.check()
                 continue
-            message, receiving, last_message = receiving.result(), None, time.monotonic()
+            message, receiving = receiving.result(), None
             if message["type"] == "websocket.disconnect":
                 session.abort()
                 return int(message.get("code", 1005))
             pace.check()
-            if message.get("bytes") is not None:
-                await session.feed(message["bytes"])  # waits while this session's finals are backed up
-                last_message = time.monotonic()
-                continue
-            text = message.get("text") or ""
-            if len(text) > state.settings.stream_max_frame_bytes:
-                raise StreamError(1009, "text message too large")
-            options = parse_control(text, state)
-            if options is not None:
-                await asyncio.to_thread(prepare_resampler, options.sample_rate, session.rate)
-                session.configure(options)
-                continue
-            await session.finish()
-            await sender  # every final is out
-            await ws.close(1000)
-            return 1000
+            if not await _take(message, session, state):  # eof
+                await sender  # every final is out
+                await ws.close(1000)
+                return 1000
+            last_message = time.monotonic()
     finally:
         if receiving is not None:
             receiving.cancel()
@@ -144,6 +133,23 @@ async def _run(ws: WebSocket, session: StreamSession, state: ServiceState) -> in
             sender.cancel()
         if not session.finished:
             session.abort()
+
+
+async def _take(message: dict, session: StreamSession, state: ServiceState) -> bool:
+    """Apply one client message to the session; False once it was ``eof`` (the last finals are queued)."""
+    if message.get("bytes") is not None:
+        await session.feed(message["bytes"])  # waits while this session's finals are backed up
+        return True
+    text = message.get("text") or ""
+    if len(text) > state.settings.stream_max_frame_bytes:
+        raise StreamError(1009, "text message too large")
+    options = parse_control(text, state)
+    if options is None:
+        await session.finish()
+        return False
+    await asyncio.to_thread(prepare_resampler, options.sample_rate, session.rate)  # the filter, off the loop
+    session.configure(options)
+    return True
 
 
 async def _fail(ws: WebSocket, error: StreamError) -> None:
