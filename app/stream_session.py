@@ -16,11 +16,11 @@ from enum import Enum
 import numpy as np
 
 from model.decoding import DecodeOptions
+from model.resample import StreamResampler
 
 from .endpointer import EndpointConfig, Endpointer
 from .engine import BatchingEngine, EngineClosed, Job, QueueFull
 from .pcm import PcmDecoder, PcmError
-from model.resample import StreamResampler
 from .vad import FRAME, FRAME_S, SpeechDetector
 
 QUEUE_POLL_S = 0.05
