@@ -41,9 +41,10 @@ class FrameClock:
         """The clock of a front-end that takes ``subsampling_rate`` filterbank frames per encoder frame and sees
         ``receptive_field`` of them (the model's :meth:`~model.transformer.SpeechTransformer.subsampling_rate` and
         :meth:`~model.transformer.SpeechTransformer.receptive_field`)."""
-        hop_s, win_s = cfg.hop_length / cfg.sample_rate, cfg.win_length / cfg.sample_rate
+        hop_s, win_s = cfg.hop_length / cfg.sample_rate, cfg.frame_samples / cfg.sample_rate
+        first_start = -win_s / 2 if cfg.centred else 0.0  # where filterbank frame 0 begins
         frame_s = subsampling_rate * hop_s
-        centre = ((receptive_field - 1) * hop_s + win_s) / 2
+        centre = first_start + ((receptive_field - 1) * hop_s + win_s) / 2
         return cls(frame_s, centre - frame_s / 2)
 
     def at(self, frame: int) -> float:
@@ -51,12 +52,12 @@ class FrameClock:
 
 
 def align_words(ctc_logprobs: torch.Tensor, tokens: Sequence[int], tokenizer: Tokenizer, clock: FrameClock,
-                blank: int, first_text_id: int, duration: float) -> tuple[WordTiming, ...]:
+                blank: int, duration: float) -> tuple[WordTiming, ...]:
     """Words of ``tokens`` with their times, given ``(T, V)`` CTC log-probabilities of one utterance.
 
     Returns ``()`` when there is nothing to align or the frames cannot hold the tokens (CTC needs a frame per
     token plus one between repeats), rather than inventing times."""
-    ids = [t for t in tokens if t >= first_text_id]
+    ids = [t for t in tokens if tokenizer.is_text(t)]
     if not ids:
         return ()
     target = torch.tensor([ids], dtype=torch.int32, device=ctc_logprobs.device)

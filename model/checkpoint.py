@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import FeatureConfig, ModelConfig, from_dict, to_dict
+from .config import NORMALIZATIONS, FeatureConfig, ModelConfig, from_dict, to_dict
 from .tokenizer import Tokenizer
 from .transformer import SpeechTransformer
 
@@ -40,6 +40,7 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
     name: str = "speech-transformer"
     lm: Path | None = None  # the word LM file that goes with these weights; saving copies it and records its sha256
+    cmvn_kind: str = "global"  # model.config.NORMALIZATIONS; "utterance" ignores cmvn_mean/cmvn_std
 
 
 def _sha256(path: Path) -> str:
@@ -84,8 +85,10 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         "name": ckpt.name,
         "model": to_dict(ckpt.model.cfg),
         "features": to_dict(ckpt.features),
-        "cmvn": {"mean": ckpt.cmvn_mean.tolist(), "std": ckpt.cmvn_std.tolist()},
-        "tokenizer": {"file": TOKENIZER, "vocab_size": ckpt.tokenizer.vocab_size, "sha256": _sha256(out / TOKENIZER)},
+        "cmvn": {**({"kind": ckpt.cmvn_kind} if ckpt.cmvn_kind != "global" else {}),
+                 "mean": ckpt.cmvn_mean.tolist(), "std": ckpt.cmvn_std.tolist()},
+        "tokenizer": {"file": TOKENIZER, "vocab_size": ckpt.tokenizer.vocab_size, "sha256": _sha256(out / TOKENIZER),
+                      **({"token_list": ckpt.tokenizer.token_list} if ckpt.tokenizer.token_list is not None else {})},
         "weights": _file_entry(out / WEIGHTS),
         **({"lm": _file_entry(out / ckpt.lm.name)} if ckpt.lm is not None else {}),
         "provenance": ckpt.provenance,
@@ -133,7 +136,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         feat_cfg = from_dict(FeatureConfig, config["features"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: {e}") from e
-    tokenizer = Tokenizer(root / config["tokenizer"]["file"])
+    try:
+        tokenizer = Tokenizer(root / config["tokenizer"]["file"], config["tokenizer"].get("token_list"))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"{root / config['tokenizer']['file']}: {e}") from e
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} pieces but the model expects {model_cfg.vocab_size}")
     model = SpeechTransformer(model_cfg)
@@ -146,5 +152,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     mean, std = torch.tensor(config["cmvn"]["mean"]), torch.tensor(config["cmvn"]["std"])
     if mean.shape != (feat_cfg.n_mels,) or std.shape != (feat_cfg.n_mels,):
         raise CheckpointError(f"{cfg_path}: CMVN statistics do not have {feat_cfg.n_mels} entries")
+    cmvn_kind = config["cmvn"].get("kind", "global")
+    if cmvn_kind not in NORMALIZATIONS:
+        raise CheckpointError(f"{cfg_path}: cmvn.kind={cmvn_kind!r}: expected one of {NORMALIZATIONS}")
     name = config.get("name", root.name)
-    return Checkpoint(model, tokenizer, feat_cfg, mean, std, config.get("provenance", {}), name, lm)
+    return Checkpoint(model, tokenizer, feat_cfg, mean, std, config.get("provenance", {}), name, lm, cmvn_kind)

@@ -1,14 +1,16 @@
-"""Batched log-mel filterbanks on the model's device, numerically matching ``torchaudio.compliance.kaldi.fbank``.
+"""Batched log-mel filterbanks on the model's device, and the feature normalisations.
 
-``kaldi.fbank`` handles one utterance at a time on the CPU. The service decodes padded batches, so this module
-frames a whole ``(B, N)`` batch at once with the same window, pre-emphasis, DC removal, FFT size and mel banks
-(taken from torchaudio itself), and returns per-utterance frame counts so padding never leaks into features.
+Two kinds (`FeatureConfig.kind`): :class:`FilterbankFeatures` matches ``torchaudio.compliance.kaldi.fbank``, which
+handles one utterance at a time on the CPU, on a whole padded ``(B, N)`` batch with the same window, pre-emphasis,
+DC removal, FFT size and mel banks (taken from torchaudio itself); :class:`StftFeatures` matches ESPnet's default
+front-end. Both return per-utterance frame counts so padding never leaks into features.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+import torchaudio.functional as taf
 from torchaudio.compliance import kaldi
 
 from .config import FeatureConfig
@@ -17,8 +19,10 @@ INT16_SCALE = 32768.0  # kaldi convention: features of int16-scaled samples
 
 
 def num_frames(num_samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """Frames kaldi produces with ``snip_edges=True``: only whole windows count."""
-    frames = torch.div(num_samples - cfg.win_length, cfg.hop_length, rounding_mode="floor") + 1
+    """`FeatureConfig.frames` of each length: kaldi's ``snip_edges=True`` counts only whole windows."""
+    if cfg.centred:
+        return torch.div(num_samples, cfg.hop_length, rounding_mode="floor") + 1
+    frames = torch.div(num_samples - cfg.frame_samples, cfg.hop_length, rounding_mode="floor") + 1
     return frames.clamp(min=0)
 
 
@@ -64,6 +68,45 @@ class FilterbankFeatures(nn.Module):
         return feats * valid[..., None], feat_lengths
 
 
+class StftFeatures(nn.Module):
+    """ESPnet's ``DefaultFrontend``: power spectrum of ``torch.stft`` (periodic window, reflect-padded centred
+    frames), Slaney mel filters, ``log(max(mel, 1e-10))``; samples in [-1, 1], no pre-emphasis or dither.
+
+    Each utterance is transformed on its own length, so its edge frames are what ESPnet computes for it alone
+    (a padded batch would reflect the padding instead)."""
+
+    LOG_FLOOR = 1e-10
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        window = getattr(torch, f"{cfg.window}_window")(cfg.win_length)
+        banks = taf.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.low_freq, cfg.top_freq, cfg.n_mels, cfg.sample_rate,
+                                    norm="slaney", mel_scale="slaney")
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("banks", banks, persistent=False)  # (n_fft // 2 + 1, n_mels)
+
+    @torch.no_grad()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
+                warp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if warp is not None:
+            raise ValueError("frequency warping is a training augmentation of the kaldi filterbank")
+        cfg = self.cfg
+        feat_lengths = num_frames(lengths.to(waveforms.device), cfg)
+        feats = waveforms.new_zeros(waveforms.shape[0], int(feat_lengths.max()), cfg.n_mels)
+        for i, n in enumerate(lengths.tolist()):
+            spec = torch.stft(waveforms[i, :n].float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window,
+                              center=cfg.center, return_complex=True)  # (F, T)
+            power = spec.real.square() + spec.imag.square()
+            feats[i, : power.shape[1]] = (power.T @ self.banks).clamp(min=self.LOG_FLOOR).log()
+        return feats, feat_lengths
+
+
+def make_features(cfg: FeatureConfig) -> nn.Module:
+    """The filterbank `FeatureConfig.kind` names."""
+    return StftFeatures(cfg) if cfg.kind == "stft" else FilterbankFeatures(cfg)
+
+
 class GlobalCMVN(nn.Module):
     """Global mean/variance normalisation; the statistics come from the training set and live in the checkpoint."""
 
@@ -79,3 +122,21 @@ class GlobalCMVN(nn.Module):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
         return (feats - self.mean) * self.istd * valid[..., None]
+
+
+class UtteranceCMVN(nn.Module):
+    """Each utterance's own mean subtracted over its frames (ESPnet's ``utterance_mvn``, means only)."""
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None])[..., None]
+        mean = (feats * valid).sum(1, keepdim=True) / lengths.clamp(min=1)[:, None, None].to(feats.dtype)
+        return (feats - mean) * valid
+
+
+def make_normalizer(kind: str, mean: torch.Tensor, std: torch.Tensor) -> nn.Module:
+    """The CMVN a checkpoint names (`model.config.NORMALIZATIONS`); ``mean``/``std`` are the global statistics."""
+    if kind == "utterance":
+        return UtteranceCMVN()
+    cmvn = GlobalCMVN(mean.numel())
+    cmvn.set_stats(mean, std)
+    return cmvn

@@ -25,9 +25,9 @@ class WordLMFusion:
         self.lm, self.eos_id, self.word_bonus = lm, eos_id, word_bonus
         self.device = torch.device("cpu")
         size = tokenizer.vocab_size
-        self._pieces = [tokenizer.sp.id_to_piece(i) for i in range(size)]
+        self._pieces = tokenizer.pieces
         self._opens = torch.tensor([tokenizer.starts_word(i) for i in range(size)])
-        self._specials = {i for i in range(size) if tokenizer.sp.is_control(i) or tokenizer.sp.is_unknown(i)}
+        self._specials = set(tokenizer.specials)
         self._memo: dict[tuple[tuple[str, ...], str], float] = {}
         self.rows: list[tuple[tuple[str, ...], str]] = []
         self._closes, self._ends = torch.zeros(0), torch.zeros(0)

@@ -13,7 +13,7 @@ from .alignment import FrameClock, WordTiming, align_words
 from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import DecodeOptions, Hypothesis, beam_search
 from .device import autocast, pick_device, pick_dtype
-from .features import FilterbankFeatures, GlobalCMVN
+from .features import make_features, make_normalizer
 from .lm import NgramLM
 from .lm_fusion import WordLMFusion
 
@@ -62,9 +62,8 @@ class Recognizer:
         self.device, self.dtype = device, dtype
         self.model = ckpt.model.to(device).eval()
         self.tokenizer = ckpt.tokenizer
-        self.features = FilterbankFeatures(ckpt.features).to(device)
-        self.cmvn = GlobalCMVN(ckpt.features.n_mels).to(device)
-        self.cmvn.set_stats(ckpt.cmvn_mean.to(device), ckpt.cmvn_std.to(device))
+        self.features = make_features(ckpt.features).to(device)
+        self.cmvn = make_normalizer(ckpt.cmvn_kind, ckpt.cmvn_mean, ckpt.cmvn_std).to(device)
         self.name = ckpt.name
         self.clock = FrameClock.for_features(ckpt.features, self.model.subsampling_rate(),
                                              self.model.receptive_field())
@@ -88,8 +87,7 @@ class Recognizer:
     def min_samples(self) -> int:
         """The shortest waveform that still gives one encoder frame (1360 samples, 85 ms, for the shipped model):
         one filterbank window plus a hop for each further frame of the front-end's receptive field."""
-        feats = self.ckpt.features
-        return feats.win_length + (self.model.receptive_field() - 1) * feats.hop_length
+        return self.ckpt.features.samples_for(self.model.receptive_field())
 
     @torch.inference_mode()
     def encode(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -139,4 +137,4 @@ class Recognizer:
 
     def _words(self, ctc: torch.Tensor, tokens: tuple[int, ...], duration: float) -> tuple[WordTiming, ...]:
         cfg = self.model.cfg
-        return align_words(ctc, tokens, self.tokenizer, self.clock, cfg.pad_id, cfg.eos_id + 1, duration)
+        return align_words(ctc, tokens, self.tokenizer, self.clock, cfg.pad_id, duration)

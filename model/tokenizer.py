@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
 WORD_START = "\u2581"  # sentencepiece's word-boundary mark
 SPECIALS = {"pad": (0, "<pad>"), "unk": (1, "<unk>"), "sos": (2, "<sos>"), "eos": (3, "<eos>")}
+FOREIGN_SPECIALS = frozenset({"<blank>", "<unk>", "<sos/eos>", "<sos>", "<eos>", "<pad>"})  # ESPnet's token lists
 
 
 class Tokenizer:
-    def __init__(self, model_file: str | Path) -> None:
+    """Our own checkpoints use the sentencepiece ids as model ids, with `SPECIALS` first. An imported model
+    (ESPnet's) has its own ``token_list``: model id ``i`` is the piece ``token_list[i]``, and its specials
+    (`FOREIGN_SPECIALS`) are the entries sentencepiece does not spell."""
+
+    def __init__(self, model_file: str | Path, token_list: Sequence[str] | None = None) -> None:
         self.path = Path(model_file)
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
-        for name, (idx, piece) in SPECIALS.items():
-            if self.sp.id_to_piece(idx) != piece:
-                raise ValueError(f"{self.path}: id {idx} is {self.sp.id_to_piece(idx)!r}, expected {piece!r} ({name})")
-        self._word_initial = {i for i in range(self.vocab_size) if self.sp.id_to_piece(i).startswith(WORD_START)}
+        self.token_list = list(token_list) if token_list is not None else None
+        if self.token_list is None:
+            for name, (idx, piece) in SPECIALS.items():
+                if self.sp.id_to_piece(idx) != piece:
+                    raise ValueError(f"{self.path}: id {idx} is {self.sp.id_to_piece(idx)!r}, expected {piece!r} ({name})")
+            self.pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+            self.specials = frozenset(idx for idx, _ in SPECIALS.values())
+        else:
+            self.pieces = self.token_list
+            self.specials = frozenset(i for i, piece in enumerate(self.pieces) if piece in FOREIGN_SPECIALS)
+        self._ids = {piece: i for i, piece in enumerate(self.pieces)}
+        self.unk_id = self._ids.get("<unk>", SPECIALS["unk"][0])
+        self._word_initial = {i for i, piece in enumerate(self.pieces) if piece.startswith(WORD_START)}
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return len(self.pieces)
+
+    def is_text(self, token: int) -> bool:
+        """Whether the id spells text (not padding, blank, unknown, start or end)."""
+        return 0 <= token < len(self.pieces) and token not in self.specials
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text, out_type=int)
+        if self.token_list is None:
+            return self.sp.encode(text, out_type=int)
+        return [self._ids.get(piece, self.unk_id) for piece in self.sp.encode(text, out_type=str)]
 
     def starts_word(self, token: int) -> bool:
         """Whether the piece opens a new word (sentencepiece marks those with a leading ``▁``)."""
@@ -32,7 +53,7 @@ class Tokenizer:
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
         # A bare word-boundary piece before a word-initial one decodes to two spaces; transcripts get one.
-        return " ".join(self.sp.decode([i for i in ids if i > SPECIALS["eos"][0]]).split())
+        return " ".join(self.sp.decode_pieces([self.pieces[i] for i in ids if self.is_text(i)]).split())
 
 
 def train_tokenizer(text_file: str | Path, prefix: str | Path, vocab_size: int, model_type: str = "unigram") -> Path:

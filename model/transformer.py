@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import ModelConfig
+from .config import SUBSAMPLINGS, ModelConfig
 from .kv_cache import KVCache
 
 
@@ -37,17 +37,20 @@ class ScaledPositionalEncoding(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 stride-2 Conv2d + ReLU over (time, mel): 4x fewer frames, then a projection to d_model.
+    """Unpadded Conv2d + ReLU layers over (time, mel), `SUBSAMPLINGS` by name (the paper's two 3x3 stride-2
+    convolutions give 4x fewer frames), then a projection to d_model.
 
     Its time geometry (:attr:`rate`, :attr:`receptive_field`, :meth:`output_lengths`) is read off the layers, so
     the front-end is the one place that knows it."""
 
-    def __init__(self, n_mels: int, channels: int, d_model: int) -> None:
+    def __init__(self, n_mels: int, channels: int, d_model: int, kind: str = "conv2d") -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, channels, 3, stride=2), nn.ReLU(), nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU()
-        )
-        freq = ((n_mels - 1) // 2 - 1) // 2
+        layers: list[nn.Module] = []
+        freq, in_channels = n_mels, 1
+        for kernel, stride in SUBSAMPLINGS[kind]:
+            layers += [nn.Conv2d(in_channels, channels, kernel, stride=stride), nn.ReLU()]
+            freq, in_channels = (freq - kernel) // stride + 1, channels
+        self.conv = nn.Sequential(*layers)
         self.proj = nn.Linear(channels * freq, d_model)
 
     def _time_axis(self) -> list[tuple[int, int]]:
@@ -106,18 +109,26 @@ class MultiHeadAttention(nn.Module):
         return self.attend(self.heads(self.q(x)), k, v, mask, causal)
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
+
+
 class FeedForward(nn.Sequential):
-    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(nn.Linear(cfg.d_model, cfg.d_ff), ACTIVATIONS[cfg.ffn_activation](), nn.Dropout(cfg.dropout),
+                         nn.Linear(cfg.d_ff, cfg.d_model))
+
+
+def layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
 
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.attn_ln = nn.LayerNorm(cfg.d_model)
+        self.attn_ln = layer_norm(cfg)
         self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ff_ln = nn.LayerNorm(cfg.d_model)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.ff_ln = layer_norm(cfg)
+        self.ff = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -128,12 +139,12 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_ln = nn.LayerNorm(cfg.d_model)
+        self.self_ln = layer_norm(cfg)
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.cross_ln = nn.LayerNorm(cfg.d_model)
+        self.cross_ln = layer_norm(cfg)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ff_ln = nn.LayerNorm(cfg.d_model)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.ff_ln = layer_norm(cfg)
+        self.ff = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -174,10 +185,10 @@ class DecoderBlock(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels, cfg.d_model)
+        self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.subsampling)
         self.pos = ScaledPositionalEncoding(cfg.d_model, cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
-        self.ln = nn.LayerNorm(cfg.d_model)
+        self.ln = layer_norm(cfg)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.subsample(feats, lengths)
@@ -200,9 +211,12 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = ScaledPositionalEncoding(cfg.d_model, cfg.dropout, cfg.max_target_positions)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
-        self.ln = nn.LayerNorm(cfg.d_model)
+        self.ln = layer_norm(cfg)
+        self.out = None if cfg.tied_output else nn.Linear(cfg.d_model, cfg.vocab_size)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out is not None:
+            return self.out(self.ln(x))
         return self.ln(x) @ self.embed.weight.T.to(x.dtype)  # output projection tied to the embedding
 
     def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

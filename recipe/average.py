@@ -27,7 +27,8 @@ def _signature(ckpt: Checkpoint) -> tuple[object, ...]:
     sp = ckpt.tokenizer.sp
     pieces = tuple((sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size()))
     shape = dataclasses.replace(ckpt.model.cfg, dropout=0.0)
-    return (repr(shape), pieces, ckpt.cmvn_mean.tolist(), ckpt.cmvn_std.tolist())
+    return (repr(shape), pieces, ckpt.tokenizer.token_list, ckpt.cmvn_kind, ckpt.cmvn_mean.tolist(),
+            ckpt.cmvn_std.tolist())
 
 
 def average_checkpoints(sources: list[Path], out: Path, mix: list[float] | None = None) -> Path:

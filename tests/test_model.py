@@ -277,7 +277,7 @@ def test_word_alignment_puts_words_where_the_ctc_head_fires() -> None:
     for k, token in enumerate(ids):  # ... except where each token fires: frames 5k+3 and 5k+4
         fire[k] = (5 * k + 3, 5 * k + 4)
         logits[5 * k + 3 : 5 * k + 5, token] = 10.0
-    words = align_words(logits.log_softmax(-1), ids + [3], tok, clock, blank=0, first_text_id=4, duration=10.0)
+    words = align_words(logits.log_softmax(-1), ids + [3], tok, clock, blank=0, duration=10.0)
     assert [w.word for w in words] == ["the", "weather", "is", "lovely"]
     starts = [k for k, t in enumerate(ids) if tok.starts_word(t)]
     ends = [s - 1 for s in starts[1:]] + [len(ids) - 1]
@@ -285,5 +285,5 @@ def test_word_alignment_puts_words_where_the_ctc_head_fires() -> None:
         assert w.start == pytest.approx(clock.at(fire[first][0]), abs=1e-3)
         assert w.end == pytest.approx(clock.at(fire[last][1] + 1), abs=1e-3)
     # Too few frames for the tokens, or nothing to align: no times rather than made-up ones.
-    assert align_words(logits[:3].log_softmax(-1), ids, tok, clock, 0, 4, 10.0) == ()
-    assert align_words(logits.log_softmax(-1), [3], tok, clock, 0, 4, 10.0) == ()
+    assert align_words(logits[:3].log_softmax(-1), ids, tok, clock, 0, 10.0) == ()
+    assert align_words(logits.log_softmax(-1), [3], tok, clock, 0, 10.0) == ()
