@@ -8,6 +8,7 @@ from pathlib import Path
 
 BATCH = 16
 STARTUP_FAILURE = 3  # the exit status uvicorn's own command line uses when start-up fails
+USAGE_ERROR = 2  # argparse's, and an import's refusal
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -101,6 +102,21 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _import_espnet(args: argparse.Namespace) -> int:
+    """Convert an ESPnet2 model; any failure is one line and exit status 2, with nothing left in ``--out``."""
+    from importers import ImportFailure
+    from importers.espnet import import_espnet
+
+    try:
+        out = import_espnet(args.src, args.out, config=args.config, model_file=args.model_file, stats=args.stats,
+                            bpemodel=args.bpemodel, force=args.force)
+    except (ImportFailure, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    print(f"wrote {out}: serve it with ASR_WEIGHTS={out} speech-transformer serve")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speech-transformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam width")
     p.add_argument("--api-key", help="bearer token, if the server has ASR_API_KEY set")
     p.set_defaults(run=_client)
+
+    p = sub.add_parser("import", help="convert another toolkit's checkpoint into a checkpoint directory of ours")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    p = kinds.add_parser("espnet", help="an ESPnet2 Transformer ASR model (the zoo's unpacked directory or its zip)")
+    p.add_argument("src", type=Path, metavar="SRC", help="unpacked ESPnet2 model directory, or its zip")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write (must not exist)")
+    p.add_argument("--config", type=Path, help="the model's config.yaml (default: exp/*/config.yaml under SRC)")
+    p.add_argument("--model-file", type=Path, help="the .pth (default: the one beside the config)")
+    p.add_argument("--stats", type=Path, help="feats_stats.npz (default: normalize_conf.stats_file)")
+    p.add_argument("--bpemodel", type=Path, help="sentencepiece model (default: the config's bpemodel)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_import_espnet)
 
     p = sub.add_parser("health", help="exit 0 if the server's /healthz answers (for container health checks)")
     p.add_argument("--url", help="server URL (default http://127.0.0.1:$ASR_PORT)")
