@@ -68,6 +68,22 @@ class FilterbankFeatures(nn.Module):
         return feats * valid[..., None], feat_lengths
 
 
+def slaney_mel_banks(cfg: FeatureConfig) -> torch.Tensor:
+    """``(n_fft // 2 + 1, n_mels)`` Slaney-scale, area-normalised filters: librosa's (and so ESPnet's) to 2e-9.
+
+    torchaudio builds them in the default dtype; in float32 the smallest weights differ from librosa's float64
+    ones by up to 0.2%, which moves quiet log-mel bins by 1e-4, so they are built in float64 here (at load time,
+    before any decoding thread runs)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        banks = taf.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.low_freq, cfg.top_freq, cfg.n_mels, cfg.sample_rate,
+                                    norm="slaney", mel_scale="slaney")
+    finally:
+        torch.set_default_dtype(previous)
+    return banks.float()
+
+
 class StftFeatures(nn.Module):
     """ESPnet's ``DefaultFrontend``: power spectrum of ``torch.stft`` (periodic window, reflect-padded centred
     frames), Slaney mel filters, ``log(max(mel, 1e-10))``; samples in [-1, 1], no pre-emphasis or dither.
@@ -81,8 +97,7 @@ class StftFeatures(nn.Module):
         super().__init__()
         self.cfg = cfg
         window = getattr(torch, f"{cfg.window}_window")(cfg.win_length)
-        banks = taf.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.low_freq, cfg.top_freq, cfg.n_mels, cfg.sample_rate,
-                                    norm="slaney", mel_scale="slaney")
+        banks = slaney_mel_banks(cfg)
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("banks", banks, persistent=False)  # (n_fft // 2 + 1, n_mels)
 
