@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import SUBSAMPLINGS, FeatureConfig, ModelConfig
@@ -167,10 +168,14 @@ def normalisation(cfg: dict[str, Any], stats_file: Path | None, n_mels: int) -> 
                    "normalize_conf")
     assert stats_file is not None
     try:
-        with np.load(stats_file, allow_pickle=False) as stats:
-            count = float(np.asarray(stats["count"]).reshape(-1)[0])
-            total, square = np.asarray(stats["sum"], np.float64), np.asarray(stats["sum_square"], np.float64)
-    except (OSError, ValueError, KeyError) as e:
+        stats = np.load(stats_file, allow_pickle=False)
+        if isinstance(stats, np.ndarray):  # the older layout: rows of sums and squares, the count last in row 0
+            count, total, square = float(stats[0, -1]), stats[0, :-1].astype(np.float64), stats[1, :-1].astype(np.float64)
+        else:
+            with stats:
+                count = float(np.asarray(stats["count"]).reshape(-1)[0])
+                total, square = np.asarray(stats["sum"], np.float64), np.asarray(stats["sum_square"], np.float64)
+    except (OSError, ValueError, KeyError, IndexError) as e:
         raise ImportFailure(f"{stats_file}: not a feats_stats.npz with count, sum and sum_square ({e})") from e
     if total.shape != (n_mels,) or square.shape != (n_mels,) or count <= 0:
         raise ImportFailure(f"{stats_file}: statistics of shape {total.shape} over {count:g} frames do not fit "
@@ -261,6 +266,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def espnet_version(root: Path, cfg: dict[str, Any]) -> str:
+    """The version the zoo's ``meta.yaml`` records (or the config's own ``version``)."""
+    meta = root / "meta.yaml"
+    if meta.is_file():
+        try:
+            recorded = (yaml.safe_load(meta.read_text()) or {}).get("espnet")
+        except yaml.YAMLError:
+            recorded = None
+        if recorded:
+            return str(recorded)
+    return str(cfg.get("version", "unknown"))
+
+
 def convert(files: EspnetFiles, source: Path) -> Checkpoint:
     cfg = files.config
     _check_choices(cfg)
@@ -285,7 +303,7 @@ def convert(files: EspnetFiles, source: Path) -> Checkpoint:
         else str(files.config_file),
         "model_file": files.model_file.name,
         "model_file_sha256": _sha256(files.model_file),
-        "espnet_version": str(cfg.get("version", "unknown")),
+        "espnet_version": espnet_version(files.root, cfg),
         "ctc_weight_trained": (cfg.get("model_conf") or {}).get("ctc_weight"),
     }
     name = files.config_file.parent.name

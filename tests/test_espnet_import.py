@@ -116,6 +116,7 @@ def test_a_zoo_zip_with_stale_absolute_paths_imports_the_same(imported: Path, tm
     assert (tmp_path / "from_zip" / "model.safetensors").read_bytes() == (imported / "model.safetensors").read_bytes()
     provenance = json.loads((tmp_path / "from_zip" / "config.json").read_text())["provenance"]
     assert provenance["imported_from"] == "espnet2" and provenance["source"] == str(archive)
+    assert provenance["espnet_version"] == REFERENCE["espnet"]
 
 
 def test_overrides_name_the_files(imported: Path, tmp_path: Path) -> None:
