@@ -10,7 +10,6 @@ never approximated. The ``.pth`` is read with ``torch.load(weights_only=True)`` 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from model.config import SUBSAMPLINGS, FeatureConfig, ModelConfig
 from model.tokenizer import Tokenizer
 from model.transformer import SpeechTransformer
@@ -258,14 +257,6 @@ def convert_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, model_file
     return model.eval()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def espnet_version(root: Path, cfg: dict[str, Any]) -> str:
     """The version the zoo's ``meta.yaml`` records (or the config's own ``version``)."""
     meta = root / "meta.yaml"
@@ -302,7 +293,7 @@ def convert(files: EspnetFiles, source: Path) -> Checkpoint:
         "config": str(files.config_file.relative_to(files.root)) if files.config_file.is_relative_to(files.root)
         else str(files.config_file),
         "model_file": files.model_file.name,
-        "model_file_sha256": _sha256(files.model_file),
+        "model_file_sha256": file_sha256(files.model_file),
         "espnet_version": espnet_version(files.root, cfg),
         "ctc_weight_trained": (cfg.get("model_conf") or {}).get("ctc_weight"),
     }

@@ -43,7 +43,7 @@ class Checkpoint:
     cmvn_kind: str = "global"  # model.config.NORMALIZATIONS; "utterance" ignores cmvn_mean/cmvn_std
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -58,14 +58,14 @@ def word_lm_beside(directory: str | Path) -> Path | None:
 
 
 def _file_entry(path: Path) -> dict[str, str]:
-    return {"file": path.name, "sha256": _sha256(path)}
+    return {"file": path.name, "sha256": file_sha256(path)}
 
 
 def _verified(root: Path, entry: dict[str, str]) -> Path:
     path = root / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"{root}: missing {path.name}")
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt or does not belong to {CONFIG}")
     return path
 
@@ -87,7 +87,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         "features": to_dict(ckpt.features),
         "cmvn": {**({"kind": ckpt.cmvn_kind} if ckpt.cmvn_kind != "global" else {}),
                  "mean": ckpt.cmvn_mean.tolist(), "std": ckpt.cmvn_std.tolist()},
-        "tokenizer": {"file": TOKENIZER, "vocab_size": ckpt.tokenizer.vocab_size, "sha256": _sha256(out / TOKENIZER),
+        "tokenizer": {"file": TOKENIZER, "vocab_size": ckpt.tokenizer.vocab_size, "sha256": file_sha256(out / TOKENIZER),
                       **({"token_list": ckpt.tokenizer.token_list} if ckpt.tokenizer.token_list is not None else {})},
         "weights": _file_entry(out / WEIGHTS),
         **({"lm": _file_entry(out / ckpt.lm.name)} if ckpt.lm is not None else {}),
