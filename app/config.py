@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     # Model
     weights: Path = DEFAULT_WEIGHTS
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="intra-op CPU threads (default: torch's choice)")
 
     # Dynamic batching

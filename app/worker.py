@@ -32,7 +32,7 @@ class ModelWorker:
         started = time.perf_counter()
         recognizer = Recognizer.load(weights, device=device, dtype=dtype)
         log.info("loaded %s from %s on %s (%s) in %.1f s; word LM: %s", recognizer.name, weights, recognizer.device,
-                 str(recognizer.dtype).removeprefix("torch."), time.perf_counter() - started,
+                 recognizer.precision, time.perf_counter() - started,
                  recognizer.lm.path if recognizer.lm else "none")
         return cls(recognizer)
 

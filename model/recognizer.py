@@ -12,7 +12,7 @@ import torch
 from .alignment import FrameClock, WordTiming, align_words
 from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import DecodeOptions, Hypothesis, beam_search
-from .device import autocast, pick_device, pick_dtype
+from .device import INT8, autocast, pick_device, pick_dtype, quantize_int8
 from .features import make_features, make_normalizer
 from .lm import NgramLM
 from .lm_fusion import WordLMFusion
@@ -56,11 +56,15 @@ class Recognizer:
     # audio is split at pauses by the caller (the service's VAD).
     max_segment_seconds: float = 20.0
 
-    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, lm: NgramLM | None = None) -> None:
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, lm: NgramLM | None = None,
+                 int8: bool = False) -> None:
         self.ckpt = ckpt
         self.lm = lm
         self.device, self.dtype = device, dtype
         self.model = ckpt.model.to(device).eval()
+        if int8:
+            self.model = quantize_int8(self.model)
+        self.precision = INT8 if int8 else str(dtype).removeprefix("torch.")  # what the logs and /healthz name
         self.tokenizer = ckpt.tokenizer
         self.features = make_features(ckpt.features).to(device)
         self.cmvn = make_normalizer(ckpt.cmvn_kind, ckpt.cmvn_mean, ckpt.cmvn_std).to(device)
@@ -76,7 +80,7 @@ class Recognizer:
         ckpt = load_checkpoint(weights, dev)
         if lm == "auto":
             lm = ckpt.lm
-        return cls(ckpt, dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None)
+        return cls(ckpt, dev, pick_dtype(dtype, dev), NgramLM.load(lm) if lm else None, int8=dtype == INT8)
 
     @property
     def sample_rate(self) -> int:

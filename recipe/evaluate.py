@@ -142,11 +142,13 @@ def main() -> None:
                    help="also report the WER of the best hypothesis in each finished beam (oracle_wer)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                   help="CPU precision, as ASR_DTYPE (int8: dynamically quantized Linear layers)")
     p.add_argument("--report", default=None, help="write the JSON report here")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    rec = Recognizer.load(a.weights, device="cpu", lm=None if a.lm == "none" else a.lm)
+    rec = Recognizer.load(a.weights, device="cpu", dtype=a.dtype, lm=None if a.lm == "none" else a.lm)
     opts = decode_options(a)
     reports = []
     for m in a.manifest:
