@@ -60,11 +60,21 @@ class Endpointer:
                     self.start, self._voiced = self._frame, 0
         return closed
 
+    def likely_close(self) -> tuple[int, int] | None:
+        """The ``(start, end)`` the open segment will close with if the silence under way lasts to the endpoint:
+        known as soon as ``pad`` frames of it have arrived, a third of the way to the endpoint, so its final can
+        be decoded while the endpoint is still being confirmed."""
+        c = self.cfg
+        if self.start is None or self._quiet < c.pad_frames or self._voiced < c.min_speech_frames:
+            return None
+        return self.start, self._frame - self._quiet + c.pad_frames
+
     def finish(self) -> tuple[int, int] | None:
-        """End of input: close the open segment at the last frame, if it holds enough speech."""
+        """End of input: close the open segment, ``pad`` frames after its last speech (as an endpoint would) or
+        at the last frame, if it holds enough speech."""
         closed: list[tuple[int, int]] = []
         if self.start is not None:
-            self._close(closed, self._frame)
+            self._close(closed, min(self._frame, self._frame - self._quiet + self.cfg.pad_frames))
         return closed[0] if closed else None
 
     def _close(self, closed: list[tuple[int, int]], end: int) -> None:

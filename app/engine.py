@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 
 import numpy as np
 
@@ -47,6 +47,15 @@ class BatchPolicy:
     queue_depth: int = 128
 
 
+class Priority(IntEnum):
+    """Which pending work the next batch serves first: a stream's final (someone is waiting for the end of what
+    they said), then uploads, then partials (best-effort, the first work shed under load)."""
+
+    FINAL = 0
+    UPLOAD = 1
+    PARTIAL = 2
+
+
 @dataclass(eq=False)
 class QueuedSegment:
     """One waveform to decode; it carries its own state through the queue and the batch."""
@@ -57,6 +66,7 @@ class QueuedSegment:
     job: Job
     index: int
     enqueued: float = field(default_factory=time.monotonic)
+    priority: Priority = Priority.UPLOAD
 
 
 class JobState(Enum):
@@ -159,7 +169,8 @@ class BatchingEngine:
         return len(self._pending)
 
     def submit(self, audios: Sequence[np.ndarray], options: DecodeOptions, *, request_id: str = "",
-               force: bool = False, reserve: int = 0, on_result: OnResult | None = None) -> Job:
+               force: bool = False, reserve: int = 0, on_result: OnResult | None = None,
+               priority: Priority = Priority.UPLOAD) -> Job:
         """Queue ``audios`` as one job. Raises :class:`QueueFull` when there is no room, or when it would leave
         fewer than ``reserve`` places free (best-effort work, like streaming partials, gives way first), unless
         ``force`` (the shutdown drain of open streams), and :class:`EngineClosed` during shutdown.
@@ -178,7 +189,8 @@ class BatchingEngine:
                 raise QueueFull(f"{len(self._pending)} segments are waiting (limit {self.policy.queue_depth})")
             now = time.monotonic()
             for i, audio in enumerate(audios):
-                self._pending.append(QueuedSegment(audio, options, len(audio) / self._rate, job, i, now))
+                self._pending.append(QueuedSegment(audio, options, len(audio) / self._rate, job, i, now, priority))
+            self._pending.sort(key=lambda seg: seg.priority)  # stable: oldest first within a priority
             self._set_depth()
             self._cv.notify()
         return job

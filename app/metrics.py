@@ -32,6 +32,8 @@ class Metrics:
         self.rtf = Histogram("asr_real_time_factor", "Model time / audio seconds, per batch",
                              buckets=RTF_BUCKETS, registry=r)
         self.item_failures = Counter("asr_segment_failures", "Segments whose decoding raised", registry=r)
+        self.partials_dropped = Counter("asr_stream_partials_dropped", "Streaming partials not sent: shed under "
+                                        "load or overtaken by their segment's final", registry=r)
         self.cancelled = Counter("asr_cancelled_segments", "Segments dropped because their client went away",
                                  registry=r)
         self.ready = Gauge("asr_ready", "1 once the model is loaded and warmed up", registry=r)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 
@@ -19,7 +19,7 @@ from model.decoding import DecodeOptions
 from model.resample import StreamResampler
 
 from .endpointer import EndpointConfig, Endpointer
-from .engine import BatchingEngine, EngineClosed, Job, QueueFull
+from .engine import BatchingEngine, EngineClosed, Job, Priority, QueueFull
 from .pcm import PcmDecoder, PcmError
 from .vad import FRAME, FRAME_S, SpeechDetector
 
@@ -54,6 +54,7 @@ class StreamLimits:
     partial_interval_s: float = 0.5
     endpoint_silence_s: float = 0.5
     partial_beam_size: int = 1
+    partials_from_ctc: bool = True  # partials from the CTC head's best path, not a decoder search
     sample_rate: int = 16000  # what the model decodes (and the VAD scores) at
     max_segment_s: float = 20.0
     max_pending_finals: int = 2  # beyond this many undecoded finals the session stops taking audio
@@ -110,9 +111,12 @@ class _Pending:
 
 class StreamSession:
     def __init__(self, engine: BatchingEngine, detector: SpeechDetector, limits: StreamLimits,
-                 decoding: DecodeOptions, request_id: str = "") -> None:
-        """``decoding`` holds the server's decode settings; partials and finals vary only its beam size."""
+                 decoding: DecodeOptions, request_id: str = "",
+                 on_partial_dropped: Callable[[], None] = lambda: None) -> None:
+        """``decoding`` holds the server's decode settings; partials vary its beam size or take the CTC head's
+        best path. ``on_partial_dropped`` counts partials shed under load or overtaken by their final."""
         self._engine, self._detector, self.limits = engine, detector, limits
+        self._partial_dropped = on_partial_dropped
         self.request_id = request_id
         self._decoding = decoding
         self.options = StreamOptions(beam_size=decoding.beam_size)
@@ -128,6 +132,8 @@ class StreamSession:
         self._jobs: list[Job] = []
         self._segment = 0
         self._partial: Job | None = None
+        # A final decoded ahead of its endpoint: the segment range it assumes, and its job (not yet announced).
+        self._speculation: tuple[tuple[int, int], Job] | None = None
         self._partial_mark = 0  # sample where the last partial of the open segment ended
         endpoint_frames = max(1, round(limits.endpoint_silence_s / FRAME_S))
         self._endpoint_cfg = EndpointConfig(threshold=detector.threshold, neg_threshold=detector.neg_threshold,
@@ -186,6 +192,7 @@ class StreamSession:
                 for start, end in self._consume(audio, self._vad.push(audio)):
                     await self._queue_final(start, end)
                 self._forget()
+                self._speculate()
                 self._maybe_partial()
                 await asyncio.sleep(0)  # a large frame is consumed in slices, so other connections get turns
 
@@ -228,15 +235,48 @@ class StreamSession:
 
     # ------------------------------------------------------------------ decoding
 
-    def _submit(self, kind: Kind, start: int, end: int, beam: int, force: bool = False, reserve: int = 0) -> Job:
+    def _decode(self, start: int, end: int, options: DecodeOptions, priority: Priority, force: bool = False,
+                reserve: int = 0) -> Job:
         try:
-            job = self._engine.submit([self._tape.slice(start, end)], replace(self._decoding, beam_size=beam),
-                                      force=force, reserve=reserve, request_id=self.request_id)
+            job = self._engine.submit([self._tape.slice(start, end)], options, force=force, reserve=reserve,
+                                      request_id=self.request_id, priority=priority)
         except EngineClosed as e:
             raise StreamError(1001, str(e)) from e
         self._jobs = [j for j in self._jobs if not j.future.done()] + [job]
-        self._outbox.put_nowait(_Pending(kind, self._segment, start / self.rate, end / self.rate, job))
         return job
+
+    def _announce(self, kind: Kind, start: int, end: int, job: Job) -> None:
+        """The message ``job`` will become, in its place in the session's output order."""
+        self._outbox.put_nowait(_Pending(kind, self._segment, start / self.rate, end / self.rate, job))
+
+    def _final_options(self) -> DecodeOptions:
+        return replace(self._decoding, beam_size=self.options.beam_size)
+
+    def _speculate(self) -> None:
+        """Decode the open segment's final once its endpoint is likely (`Endpointer.likely_close`), so it is
+        ready when the endpoint comes; drop it when speech resumes. Best-effort, like a partial."""
+        likely = self._endpoints.likely_close()
+        if self._speculation is not None and self._speculation[0] != likely:
+            self._engine.cancel(self._speculation[1])
+            self._speculation = None
+        if likely is None or self._speculation is not None:
+            return
+        try:
+            job = self._decode(likely[0] * FRAME, likely[1] * FRAME, self._final_options(), Priority.FINAL,
+                               reserve=self._engine.policy.queue_depth // 2)
+        except QueueFull:
+            return
+        self._speculation = (likely, job)
+
+    def _take_speculation(self, segment: tuple[int, int]) -> Job | None:
+        """The speculative decode of ``segment``, if one was started for exactly that range."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            return None
+        if speculation[0] == segment and not speculation[1].future.cancelled():
+            return speculation[1]
+        self._engine.cancel(speculation[1])
+        return None
 
     async def _queue_final(self, start_frame: int, end_frame: int, force: bool = False) -> None:
         """Queue a closed segment's final, after waiting for room among this session's own finals. Finals count
@@ -246,17 +286,21 @@ class StreamSession:
             waited = time.monotonic()
             await asyncio.wait([pending[0].future])
             self.held_s += time.monotonic() - waited
+        if self._partial is not None and not self._partial.future.done():
+            self._engine.cancel(self._partial)  # overtaken: the final says more, and says it now
+            self._partial_dropped()
         waited = time.monotonic()
-        while True:
+        job = self._take_speculation((start_frame, end_frame))
+        while job is None:
             try:
-                job = self._submit(Kind.FINAL, start_frame * FRAME, end_frame * FRAME, self.options.beam_size,
+                job = self._decode(start_frame * FRAME, end_frame * FRAME, self._final_options(), Priority.FINAL,
                                    force=force)
-                break
             except QueueFull as e:  # wait for room (not reading the client meanwhile), then give up
                 if time.monotonic() - waited > self.limits.queue_wait_s:
                     raise StreamError(1013, f"the server is busy ({e}); retry shortly") from e
                 await asyncio.sleep(QUEUE_POLL_S)
         self.held_s += time.monotonic() - waited
+        self._announce(Kind.FINAL, start_frame * FRAME, end_frame * FRAME, job)
         self._finals = [*pending, job]
         self._segment += 1
         self._partial_mark = 0
@@ -268,11 +312,15 @@ class StreamSession:
         mark = max(self._partial_mark, start)
         if now - mark < self.limits.partial_interval_s * self.rate:
             return
+        options = replace(self._decoding, beam_size=self.limits.partial_beam_size,
+                          ctc_greedy=self.limits.partials_from_ctc)
         try:  # partials are shed first: they may only use the lower half of the queue
-            self._partial = self._submit(Kind.PARTIAL, start, now, self.limits.partial_beam_size,
+            self._partial = self._decode(start, now, options, Priority.PARTIAL,
                                          reserve=self._engine.policy.queue_depth // 2)
         except QueueFull:
+            self._partial_dropped()
             return  # partials are best-effort: the next chunk tries again
+        self._announce(Kind.PARTIAL, start, now, self._partial)
         self._partial_mark = now
 
     # ------------------------------------------------------------------ output

@@ -56,6 +56,8 @@ class DecodeOptions:
     # word (one LM penalty instead of several) pays
     lm_fusion_bonus: float = 3.0
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
+    # The CTC head's best path alone (no decoder, no search): a few milliseconds, for streaming partials.
+    ctc_greedy: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

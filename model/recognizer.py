@@ -118,6 +118,9 @@ class Recognizer:
         if self.lm is not None and opts.lm_fusion_weight > 0 and opts.beam_size > 1:
             fusion = WordLMFusion(self.lm, self.tokenizer, self.model.cfg.eos_id, opts.lm_fusion_bonus)
         memory, lengths, ctc = self.encode(waveforms)
+        if opts.ctc_greedy and ctc is not None:
+            return [self._best_path(logp[: int(n)], len(wav) / self.sample_rate)
+                    for wav, logp, n in zip(waveforms, ctc, lengths)]
         with autocast(self.device, self.dtype):
             nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc,
                                 fusion)
@@ -133,6 +136,14 @@ class Recognizer:
             words = self._words(ctc[i, : int(lengths[i])], hyps[0].tokens, duration) if ctc is not None and hyps else ()
             results.append(TranscriptionResult(best.text, best.score, entries, duration, words))
         return results
+
+    def _best_path(self, ctc: torch.Tensor, duration: float) -> TranscriptionResult:
+        """The most likely frame labels, repeats merged and blanks dropped; its score is their log-probability."""
+        best, ids = ctc.max(-1)
+        tokens = torch.unique_consecutive(ids).tolist()
+        text = self.tokenizer.decode(tokens)
+        score = float(best.sum())
+        return TranscriptionResult(text, score, (NBest(text, score),), duration)
 
     def _rerank(self, scored: list[tuple[str, float, Hypothesis]], weight: float) -> list[tuple[str, float, Hypothesis]]:
         """Add the word model's log-probability to each finished hypothesis's score; best first."""

@@ -138,6 +138,22 @@ def test_endpointer_opens_closes_and_drops_blips() -> None:
     assert ep.start is not None and ep.finish() is not None  # eof closes the open segment
 
 
+def test_endpointer_foresees_its_close_once_the_padding_has_arrived() -> None:
+    cfg = EndpointConfig(endpoint_frames=5, pad_frames=2, min_speech_frames=4, max_frames=40)
+    ep = Endpointer(cfg)
+    ep.update([0.0] * 3 + [0.9] * 10 + [0.1])
+    assert ep.likely_close() is None  # one quiet frame: the padding after the speech is not there yet
+    ep.update([0.1])
+    assert ep.likely_close() == (1, 15)
+    ep.update([0.9])
+    assert ep.likely_close() is None  # speech resumed
+    ep.update([0.1] * 2)
+    expected = ep.likely_close()
+    assert ep.update([0.1] * 3) == [expected]  # the endpoint closes exactly what was foreseen
+    ep.update([0.9] * 6 + [0.0] * 3)
+    assert ep.finish() == (19, 29)  # eof: 2 frames after the last speech (frame 26), not at the last frame (30)
+
+
 def test_endpointer_cuts_at_the_length_limit() -> None:
     ep = Endpointer(EndpointConfig(endpoint_frames=5, pad_frames=0, min_speech_frames=2, max_frames=10))
     closed = ep.update([0.9] * 25)

@@ -35,7 +35,8 @@ def run(coro):
 
 def test_stream_sends_partials_before_each_final_and_closes_normally(server, speech) -> None:
     audio = conversation(speech)
-    messages = run(stream_audio(server.url, audio, 16000, chunk_ms=100))
+    # Paced like a microphone: sent faster, a segment's partials may be overtaken (and dropped) by its final.
+    messages = run(stream_audio(server.url, audio, 16000, chunk_ms=100, realtime=True))
     kinds = [m["type"] for m in messages]
     finals = [m for m in messages if m["type"] == "final"]
     assert len(finals) == 2, messages
@@ -117,6 +118,29 @@ def test_final_arrives_soon_after_the_end_of_speech(server, speech) -> None:
     # end of speech (+ the 0.5 s endpoint silence) is reached at wall time ~speech_end; the final follows promptly
     assert arrivals["final"] - speech_end < 1.8, (arrivals, speech_end)
     assert arrivals["final"] < len(audio) / 16000  # before eof was even sent
+
+
+def test_finals_are_decoded_before_their_endpoint_and_partials_come_from_ctc(server, speech, monkeypatch) -> None:
+    """Paced like a microphone, each final's decode starts once its endpoint is likely (`likely_close`), and that
+    decode is the one the final uses; partials are the CTC head's best path, at least every 300 ms of audio."""
+    from app.engine import Priority
+
+    submitted: list[tuple[Priority, bool]] = []
+    engine = server.state.engine
+    original = engine.submit
+
+    def spy(audios, options, **kwargs):
+        submitted.append((kwargs.get("priority"), options.ctc_greedy))
+        return original(audios, options, **kwargs)
+
+    monkeypatch.setattr(engine, "submit", spy)
+    messages = run(stream_audio(server.url, conversation(speech), 16000, chunk_ms=100, realtime=True))
+    finals = [m for m in messages if m["type"] == "final"]
+    assert len(finals) == 2
+    assert [p for p, _ in submitted].count(Priority.FINAL) == 2  # one decode per final: the early one was kept
+    partials = [greedy for p, greedy in submitted if p is Priority.PARTIAL]
+    assert partials and all(partials)
+    assert server.state.settings.stream_partial_interval_ms <= 300
 
 
 def test_silence_gives_no_finals_and_a_normal_close(server) -> None:

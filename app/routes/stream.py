@@ -37,7 +37,8 @@ def limits_from(state: ServiceState) -> StreamLimits:
     return StreamLimits(max_frame_bytes=s.stream_max_frame_bytes, max_seconds=s.stream_max_seconds,
                         partial_interval_s=s.stream_partial_interval_ms / 1000,
                         endpoint_silence_s=s.stream_endpoint_silence_ms / 1000,
-                        partial_beam_size=s.stream_partial_beam_size, sample_rate=state.worker.sample_rate,
+                        partial_beam_size=s.stream_partial_beam_size, partials_from_ctc=s.stream_partials == "ctc",
+                        sample_rate=state.worker.sample_rate,
                         max_segment_s=state.worker.max_segment_seconds,
                         max_pending_finals=s.stream_max_pending_finals, queue_wait_s=s.decode_wait_s)
 
@@ -174,7 +175,7 @@ async def stream(ws: WebSocket) -> None:
             raise StreamError(1013, f"{len(state.streams)} streams are open (limit {state.settings.max_streams}); "
                                     "retry later")
         session = StreamSession(state.engine, state.detector, limits_from(state), state.settings.decoding(),
-                                request_id=request_id.get())
+                                request_id=request_id.get(), on_partial_dropped=state.metrics.partials_dropped.inc)
         state.streams.add(session)
         counted = True
         state.metrics.active_streams.inc()
