@@ -6,7 +6,8 @@
 Speech comes from espeak-ng. The model is the shipped ``weights/`` when present, else a random-initialised
 checkpoint of the default size (its transcripts are noise, but it never stops early, so it costs the most).
 Reports throughput (audio seconds per wall second), p50/p95 latency and the mean model batch size, first with
-batching on, then with ``ASR_MAX_BATCH_SIZE=1``; the last line is one JSON object.
+batching on, then with ``ASR_MAX_BATCH_SIZE=1``, and the median latency of a 5 s clip sent alone to the idle
+batching server (``p50_ms_single_5s``); the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -54,6 +55,33 @@ def make_speech(out: Path) -> list[tuple[bytes, float]]:
         subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
         clips.append((path.read_bytes(), sf.info(str(path)).duration))
     return clips
+
+
+def five_second_clip(clips: list[tuple[bytes, float]]) -> bytes:
+    """The clips end to end, cut at 5.0 s: the one-clip latency probe (``p50_ms_single_5s``)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    parts = [sf.read(io.BytesIO(wav), dtype="float32") for wav, _ in clips]
+    rate = parts[0][1]
+    audio = np.concatenate([a for a, _ in parts])[: 5 * rate]
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV")
+    return buf.getvalue()
+
+
+def single_latency_ms(url: str, wav: bytes, repeats: int, beam: int | None, headers: dict) -> float:
+    """Median latency of one upload at a time on an idle server (after one warm-up request)."""
+    params = {"beam_size": beam} if beam else {}
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.monotonic()
+        httpx.post(f"{url}/transcribe", files={"file": ("s.wav", wav)}, params=params, headers=headers,
+                   timeout=600).raise_for_status()
+        times.append((time.monotonic() - t0) * 1000)
+    return round(statistics.median(times[1:]), 1)
 
 
 def pick_weights(explicit: Path | None, scratch: Path) -> tuple[Path, str]:
@@ -139,6 +167,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=None, help="beam width (default: the server's)")
     ap.add_argument("--max-batch", type=int, default=16, help="ASR_MAX_BATCH_SIZE of the batching run")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--single-repeats", type=int, default=10, help="uploads of the 5 s clip alone, one at a time")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="ASR_TORCH_THREADS of the local servers (default 0: unset, torch's own choice, as "
                          "`speech-transformer serve` runs; 1 = one intra-op thread)")
@@ -150,7 +179,9 @@ def main() -> None:
         clips = make_speech(scratch)
         print(f"{len(clips)} espeak-ng clips, {sum(d for _, d in clips) / len(clips):.1f} s each on average; "
               f"concurrency {args.concurrency}, {args.warmup:g} s warm-up + {args.duration:g} s per run")
+        single = five_second_clip(clips)
         if args.url:
+            single_ms = single_latency_ms(args.url.rstrip("/"), single, args.single_repeats, args.beam, headers)
             rows = [phase(args.url.rstrip("/"), clips, args, headers, f"server at {args.url}")]
             model = "remote"
         else:
@@ -160,17 +191,20 @@ def main() -> None:
             for label, size in (("batching", args.max_batch), ("batch size 1", 1)):
                 server = start_server(weights, size, args, scratch / f"server-{size}.log")
                 try:
+                    if size == args.max_batch:
+                        single_ms = single_latency_ms(server.url, single, args.single_repeats, args.beam, {})
                     rows.append(phase(server.url, clips, args, {}, f"{label} (max {size})"))
                 finally:
                     server.stop()
         print_table(rows, ["run", "requests", "failed", "throughput", "p50_ms", "p95_ms", "mean_batch"])
+        print(f"a 5 s clip alone: p50 {single_ms} ms over {args.single_repeats} requests")
 
     main_row = rows[0]
     speedup = None
     if len(rows) == 2 and rows[1]["throughput"]:
         speedup = round(rows[0]["throughput"] / rows[1]["throughput"], 2)
     emit({"throughput": main_row["throughput"], "p50_ms": main_row["p50_ms"], "p95_ms": main_row["p95_ms"],
-          "mean_batch_size": main_row["mean_batch"], "batching_speedup": speedup,
+          "mean_batch_size": main_row["mean_batch"], "batching_speedup": speedup, "p50_ms_single_5s": single_ms,
           "unbatched_throughput": rows[1]["throughput"] if len(rows) == 2 else None,
           "failed_requests": sum(r["failed"] for r in rows),
           "concurrency": args.concurrency, "duration_s": args.duration, "torch_threads": None if args.url else (args.torch_threads or None),

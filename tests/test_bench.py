@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_load_runs_both_servers_and_ends_with_its_json_line() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.load", "--concurrency", "4", "--max-batch", "4", "--duration", "3",
-         "--warmup", "1", "--beam", "2"],
+         "--warmup", "1", "--beam", "2", "--single-repeats", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )
     last = json.loads(out.stdout.strip().splitlines()[-1])
@@ -28,6 +28,7 @@ def test_bench_load_runs_both_servers_and_ends_with_its_json_line() -> None:
     assert 0 < last["p50_ms"] <= last["p95_ms"]
     assert 1 <= last["mean_batch_size"] <= 4
     assert last["concurrency"] == 4 and last["model"].startswith("shipped")
+    assert last["p50_ms_single_5s"] > 0
 
 
 def test_compare_normalises_whispers_numerals_into_the_references_words() -> None:
