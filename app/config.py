@@ -66,6 +66,8 @@ class Settings(BaseSettings):
                                                        "decoder: a search of stream_partial_beam_size")
     stream_endpoint_silence_ms: float = Field(500.0, gt=0)
     stream_partial_beam_size: int = Field(1, ge=1)
+    stream_beam_size: int | None = Field(None, ge=1, description="beam of stream finals when the client's config "
+                                         "names none (default: ASR_DEFAULT_BEAM_SIZE)")
     stream_max_pending_finals: int = Field(2, ge=1, description="finals of one stream queued at once; beyond it "
                                                                 "the server stops reading that stream's socket")
     stream_min_realtime: float = Field(0.5, ge=0, description="audio a stream must send per second of wall time "

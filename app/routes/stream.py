@@ -62,7 +62,7 @@ def parse_control(text: str, state: ServiceState) -> StreamOptions | None:
         raise StreamError(1007, f"invalid config: {detail}") from e
     if cfg.encoding not in ENCODINGS:
         raise StreamError(1003, f"unsupported encoding {cfg.encoding!r}; use one of {sorted(ENCODINGS)}")
-    beam = cfg.beam_size or state.settings.default_beam_size
+    beam = cfg.beam_size or state.settings.stream_beam_size or state.settings.default_beam_size
     if beam > state.settings.max_beam_size:
         raise StreamError(1007, f"invalid config: beam_size must be at most {state.settings.max_beam_size}")
     return StreamOptions(sample_rate=cfg.sample_rate, encoding=cfg.encoding, beam_size=beam,
@@ -174,7 +174,8 @@ async def stream(ws: WebSocket) -> None:
         if len(state.streams) >= state.settings.max_streams:
             raise StreamError(1013, f"{len(state.streams)} streams are open (limit {state.settings.max_streams}); "
                                     "retry later")
-        session = StreamSession(state.engine, state.detector, limits_from(state), state.settings.decoding(),
+        session = StreamSession(state.engine, state.detector, limits_from(state),
+                                state.settings.decoding(state.settings.stream_beam_size),
                                 request_id=request_id.get(), on_partial_dropped=state.metrics.partials_dropped.inc)
         state.streams.add(session)
         counted = True
