@@ -61,6 +61,10 @@ def test_plan_segments(detector: SpeechDetector, speech) -> None:
     assert len(spans) >= 6
     assert all(0 <= a < b <= len(long) and b - a <= 4.0 * RATE for a, b in spans)
     assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(spans))
+    # Two utterances a pause apart, short enough for one segment, are still decoded one by one.
+    two = np.concatenate([speech["fox"].audio, silence(1.0), speech["weather"].audio])
+    spans = plan_segments(detector, two, RATE, 20.0)
+    assert len(spans) == 2 and spans[0][1] <= len(speech["fox"].audio) + 0.5 * RATE <= spans[1][0] + 0.5 * RATE
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
