@@ -15,12 +15,14 @@ from .transformer import SpeechTransformer
 
 def joint_ctc_attention_loss(model: SpeechTransformer, feats: torch.Tensor, feat_lengths: torch.Tensor,
                              tokens: torch.Tensor, token_lengths: torch.Tensor, ctc_weight: float,
-                             label_smoothing: float) -> tuple[torch.Tensor, dict[str, float]]:
+                             label_smoothing: float,
+                             forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """``(1 - w) * attention CE + w * CTC``, each summed over tokens and averaged over the batch.
 
     ``feats`` are normalised ``(B, T, n_mels)``; ``tokens`` ``(B, L)`` hold each transcript's ids padded with
     ``pad_id``, without ``sos``/``eos``. All tensors are on the model's device. Also returns the two parts per
-    token (``eos`` included), the figures a training log shows.
+    token (``eos`` included), the figures a training log shows. ``forward``: what runs the model's forward pass
+    (a ``DistributedDataParallel`` around it in a parallel run; the model itself by default).
     """
     cfg, b, device = model.cfg, feats.shape[0], feats.device
     sos = torch.full((b, 1), cfg.sos_id, dtype=torch.long, device=device)
@@ -28,7 +30,7 @@ def joint_ctc_attention_loss(model: SpeechTransformer, feats: torch.Tensor, feat
     decoder_input = torch.cat([sos, tokens], 1)
     target = torch.cat([tokens, pad], 1)
     target[torch.arange(b, device=device), token_lengths] = cfg.eos_id
-    logits, ctc_logits, enc_lengths = model(feats, feat_lengths, decoder_input)
+    logits, ctc_logits, enc_lengths = (forward or model)(feats, feat_lengths, decoder_input)
     att = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=cfg.pad_id,
                           label_smoothing=label_smoothing, reduction="sum") / b
     ctc = torch.zeros((), device=device)

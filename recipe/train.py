@@ -3,7 +3,8 @@
     python -m recipe.train --train data/corpus/train.jsonl [more.jsonl ...] --dev data/corpus/dev_seen.jsonl \
         --config recipe/configs/default.json --out runs/default [--max-minutes 150]
 
-The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on CUDA). Features are computed
+The same command runs on this CPU (bf16 autocast) and on a GPU (bf16 autocast on CUDA), and under
+``torchrun --nproc_per_node N -m recipe.train ...`` as N data-parallel ranks (`recipe.distributed`). Features are computed
 once per training manifest into ``--work`` (adding a manifest reuses the others' features); training resumes
 from ``OUT/state`` after an interruption; the exported checkpoint in ``OUT/final`` is the average of the last
 weight snapshots.
@@ -39,7 +40,9 @@ from model.tokenizer import Tokenizer, train_tokenizer
 from model.transformer import SpeechTransformer
 
 from .augment import AugmentConfig
+from . import distributed
 from .data import Batch, FeatureSet
+from .distributed import World
 from .features import prepare
 from .grow import load_grown
 from .manifest import read_manifest
@@ -243,10 +246,10 @@ def resume(out: Path, model: SpeechTransformer, opt: torch.optim.Optimizer) -> P
 
 
 def batch_loss(model: SpeechTransformer, batch: Batch, feats: torch.Tensor, t: TrainSettings,
-               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+               device: torch.device, forward: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The joint CTC-attention loss of a batch whose normalised features are ``feats``, on ``device``."""
     return joint_ctc_attention_loss(model, feats.to(device), batch.feat_lengths.to(device), batch.tokens.to(device),
-                                    batch.token_lengths.to(device), t.ctc_weight, t.label_smoothing)
+                                    batch.token_lengths.to(device), t.ctc_weight, t.label_smoothing, forward)
 
 
 @torch.no_grad()
@@ -272,14 +275,16 @@ def evaluate(model: SpeechTransformer, data: Data, t: TrainSettings, device: tor
 
 
 def train_step(model: SpeechTransformer, opt: torch.optim.Optimizer, batch: Batch, feats: torch.Tensor, lr: float,
-               t: TrainSettings, device: torch.device) -> tuple[float, dict[str, float], float]:
-    """One AdamW update on one batch; returns the loss, its attention and CTC parts, and the gradient norm."""
+               t: TrainSettings, device: torch.device, forward: torch.nn.Module | None = None,
+               scale: float = 1.0) -> tuple[float, dict[str, float], float]:
+    """One AdamW update on one batch (this rank's share of it, its loss weighted by ``scale``: see
+    `World.loss_scale`); returns the loss, its attention and CTC parts, and the gradient norm."""
     for group in opt.param_groups:
         group["lr"] = lr
     with autocast(device, training_dtype(device)):  # bf16 where it is native
-        loss, parts = batch_loss(model, batch, feats, t, device)
+        loss, parts = batch_loss(model, batch, feats, t, device, forward)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     opt.step()
     return loss.item(), parts, gnorm.item()
@@ -297,37 +302,46 @@ def save_snapshot(out: Path, model: SpeechTransformer, opt: torch.optim.Optimize
 
 
 def train(model: SpeechTransformer, opt: torch.optim.Optimizer, data: Data, t: TrainSettings, progress: Progress,
-          args: argparse.Namespace, device: torch.device, log: RunLog) -> Progress:
-    """Epochs of length-bucketed batches until the epochs, ``--max-steps`` or ``--max-minutes`` run out."""
-    out, gen = Path(args.out), torch.Generator().manual_seed(t.seed + progress.step)
+          args: argparse.Namespace, device: torch.device, log: RunLog, world: World = World(),
+          forward: torch.nn.Module | None = None) -> Progress:
+    """Epochs of length-bucketed batches until the epochs, ``--max-steps`` or ``--max-minutes`` run out. In a
+    parallel run every rank takes its share of each batch; rank 0 evaluates and snapshots."""
+    out, gen = Path(args.out), torch.Generator().manual_seed(t.seed + progress.step + 7919 * world.rank)
     (out / "snapshots").mkdir(exist_ok=True)
     start = time.time() - progress.train_seconds
     budget_s = args.max_minutes * 60 if args.max_minutes else float("inf")
     model.train()
-    bar = tqdm(initial=progress.step, total=args.max_steps or None, desc="train", mininterval=10)
+    bar = tqdm(initial=progress.step, total=args.max_steps or None, desc="train", mininterval=10,
+               disable=not world.main)
     while progress.epoch < t.epochs:
         batches = data.train.batches(t.max_batch_frames, np.random.default_rng(t.seed + progress.epoch))
-        for batch in data.train.iterate(batches[progress.batch_in_epoch :]):
+        for whole in batches[progress.batch_in_epoch :]:
+            progress.batch_in_epoch += 1
+            if not world.usable(whole):
+                continue
+            batch = data.train.collate(world.shard(whole))
             lr = learning_rate(progress.step + 1, t.peak_lr, t.warmup_steps, t.cooldown_from, t.cooldown_to)
             feats = spec_augment(data.apply_cmvn(batch), batch.feat_lengths, t, gen)
-            loss, parts, gnorm = train_step(model, opt, batch, feats, lr, t, device)
-            progress.step, progress.batch_in_epoch = progress.step + 1, progress.batch_in_epoch + 1
+            loss, parts, gnorm = train_step(model, opt, batch, feats, lr, t, device, forward,
+                                            world.loss_scale(len(batch.texts), len(whole)))
+            progress.step += 1
             progress.train_seconds = time.time() - start
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.1f}", att=f"{parts['att']:.2f}", ctc=f"{parts['ctc']:.2f}", lr=f"{lr:.2e}")
             if progress.step % 50 == 0:
                 log({"step": progress.step, "epoch": progress.epoch, "loss": loss, **parts, "lr": lr, "gnorm": gnorm,
                      "minutes": round(progress.train_seconds / 60, 2)})
-            stop = (args.max_steps and progress.step >= args.max_steps) or progress.train_seconds >= budget_s
-            if progress.step % t.snapshot_every == 0 or stop:
+            stop = world.any(bool(args.max_steps and progress.step >= args.max_steps)
+                             or progress.train_seconds >= budget_s)
+            if (progress.step % t.snapshot_every == 0 or stop) and world.main:
                 save_snapshot(out, model, opt, progress, t.average_last)
-            if progress.step % t.eval_every == 0:
+            if progress.step % t.eval_every == 0 and world.main:
                 log({"step": progress.step, **evaluate(model, data, t, device)})
             if stop:
                 bar.close()
                 return progress
         progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-        dev = evaluate(model, data, t, device) if t.eval_each_epoch else {}
+        dev = evaluate(model, data, t, device) if t.eval_each_epoch and world.main else {}
         log({"event": "epoch", "epoch": progress.epoch, "step": progress.step, **dev})
     bar.close()
     return progress
@@ -362,24 +376,28 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig.load(args.config)
     except ConfigError as e:
         raise SystemExit(f"recipe.train: {e}") from None
-    seed_everything(cfg.train.seed)
-    device = pick_device(args.device)
+    world, device = distributed.start(pick_device(args.device))
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / "log.jsonl")
+    log = RunLog(out / "log.jsonl") if world.main else (lambda entry: None)
 
     base = load_checkpoint(args.init) if args.init else None
-    data = prepare_data(args, cfg, base)
+    with world.first_rank_first():  # rank 0 computes the feature cache and the tokenizer; the others read them
+        data = prepare_data(args, cfg, base)
     model, grown = build_model(cfg, data.tokenizer.vocab_size, base, device)
     opt = make_optimizer(model, cfg.train)
     progress = resume(out, model, opt)
     log({"event": "start", "params": sum(p.numel() for p in model.parameters()), "train_utts": len(data.train),
-         "dev_utts": len(data.dev), "device": str(device), "resume_step": progress.step})
-    progress = train(model, opt, data, cfg.train, progress, args, device, log)
-    final = export(model, data, cfg, progress, base, grown, args, device)
-    log({"event": "exported", "path": str(final), **evaluate(model, data, cfg.train, device)})
+         "dev_utts": len(data.dev), "device": str(device), "resume_step": progress.step, "ranks": world.size})
+    progress = train(model, opt, data, cfg.train, progress, args, device, log, world,
+                     distributed.wrap(model, world, device))
+    if world.main:
+        final = export(model, data, cfg, progress, base, grown, args, device)
+        log({"event": "exported", "path": str(final), **evaluate(model, data, cfg.train, device)})
+    distributed.finish(world)
 
 
 if __name__ == "__main__":

@@ -466,3 +466,49 @@ def test_telephone_channel_is_narrowband_and_keeps_the_length() -> None:
     clean = augment(wide, 16000, np.random.default_rng(1), AugmentConfig())
     unchanged = augment(wide, 16000, np.random.default_rng(1), AugmentConfig(p_telephone=0.0))
     np.testing.assert_array_equal(clean[0], unchanged[0])  # off by default: earlier corpora's chains are unchanged
+
+
+def moved(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-4) -> float:
+    """The share of weights that differ by more than ``tol``, attention key biases aside: their true gradient is
+    zero (softmax ignores a constant added to every key's score), so Adam turns float noise into full steps."""
+    names = [k for k in a if not k.endswith(".k.bias")]
+    return sum(int(((a[k] - b[k]).abs() > tol).sum()) for k in names) / sum(a[k].numel() for k in names)
+
+
+def test_torchrun_ddp_on_two_cpu_ranks_trains_like_one_process_and_resumes(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m recipe.train``: each rank takes its share of every batch (3 and 2 of 5 clips
+    here), and the all-reduced update is the one-process update of the whole batch; a run stopped and started
+    again continues from its last snapshot. Weights are compared by the share that moved: AdamW scales every
+    step to the learning rate, so a weight whose gradient is float noise (a dead ReLU's) moves by a full step
+    either way; one more step moves nearly all of them."""
+    from safetensors.torch import load_file
+
+    rows = [json.loads(line) for line in (ROOT / "tests" / "fixtures" / "clips.jsonl").read_text().splitlines()]
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "audio": str(ROOT / "tests" / "fixtures" / r["audio"])}) + "\n"
+                                for r in rows))
+    config = json.loads(json.dumps(TINY))
+    config["train"]["max_batch_frames"] = 100000  # one batch of all five clips
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+
+    def train(out: str, steps: int, ranks: int) -> dict[str, torch.Tensor]:
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+                    if ranks > 1 else [sys.executable])
+        subprocess.run([*launcher, "-m", "recipe.train", "--train", str(manifest), "--dev", str(manifest),
+                        "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / out), "--work",
+                        str(tmp_path / "feats"), "--jobs", "1", "--max-steps", str(steps), "--threads", "1"],
+                       check=True, cwd=ROOT, capture_output=True, timeout=300)
+        return load_file(str(tmp_path / out / "final" / "model.safetensors"))
+
+    single, parallel = train("single", 4, 1), train("ddp", 4, 2)
+    assert single.keys() == parallel.keys()
+    assert moved(single, parallel) < 0.02  # measured: 0.8%
+    assert moved(single, train("single3", 3, 1)) > 0.5  # measured: 99.4%
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["ranks"] == 2 and log[-1]["event"] == "exported"
+
+    train("ddp_resumed", 2, 2)
+    resumed = train("ddp_resumed", 4, 2)
+    starts = [json.loads(line) for line in (tmp_path / "ddp_resumed" / "log.jsonl").read_text().splitlines()]
+    assert [e["resume_step"] for e in starts if e.get("event") == "start"] == [0, 2]
+    assert moved(resumed, parallel) < 0.02
