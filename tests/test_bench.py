@@ -56,3 +56,17 @@ def test_bench_compare_reports_wer_and_exact_match_for_both(tmp_path: Path) -> N
     assert last["wer_ours"] == 0.0 and last["exact_ours"] == 1.0 and last["exact_short_ours"] == 1.0
     assert 0.0 <= last["exact_peer"] <= 1.0 and last["exact_short_peer"] in (0.0, 1.0)
     assert "| exact |" in out.stdout
+
+
+def test_gpu_check_dry_run_on_the_cpu_reports_every_figure(tmp_path: Path) -> None:
+    """``bench.gpu_check --device cpu --quick``: the script a lent GPU runs, end to end on committed clips."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--quick", "--manifest", str(tmp_path / "none")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["device"] == "cpu" and last["utterances"] == 5
+    assert last["bf16_identical"].endswith("/5") and last["fp32_wer"] >= 0 and last["bf16_wer"] >= 0
+    assert "fp16_identical" not in last  # fp16 is CUDA-only
+    assert last["batch8_audio_s_per_s"] > 0 and last["server_throughput"] > 0 and last["server_failed"] == 0
+    assert last["ddp_step_s"] > 0
