@@ -1,6 +1,6 @@
 """The GPU check: what a lent GPU must show, in one run of a few minutes.
 
-    python -m bench.gpu_check                      # on the GPU: the full check (under 5 minutes on one H200)
+    python -m bench.gpu_check                      # on the GPU: the full check (sized for under 5 minutes; not yet run on one)
     python -m bench.gpu_check --device cpu --quick # the dry run the tests make on a CPU
 
 1. Precision: fp16 and bf16 against fp32 on the committed clips and a test manifest: the share of identical
