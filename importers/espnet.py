@@ -186,30 +186,33 @@ def normalisation(cfg: dict[str, Any], stats_file: Path | None, n_mels: int) -> 
     return "global", mean_t, std_t
 
 
+# ESPnet parameter names -> ours, as (regex at the start of the name, replacement).
+RENAMES = (
+    (r"encoder\.embed\.conv\.(\d+)\.", r"encoder.subsample.conv.\1."),
+    (r"encoder\.embed\.out\.(0\.)?", "encoder.subsample.proj."),  # conv2d8's is a bare Linear
+    (r"encoder\.encoders\.(\d+)\.self_attn\.linear_", r"encoder.blocks.\1.attn."),
+    (r"encoder\.encoders\.(\d+)\.norm1\.", r"encoder.blocks.\1.attn_ln."),
+    (r"encoder\.encoders\.(\d+)\.norm2\.", r"encoder.blocks.\1.ff_ln."),
+    (r"(en|de)coder\.(en|de)coders\.(\d+)\.feed_forward\.w_1\.", r"\1coder.blocks.\3.ff.0."),
+    (r"(en|de)coder\.(en|de)coders\.(\d+)\.feed_forward\.w_2\.", r"\1coder.blocks.\3.ff.3."),
+    (r"encoder\.after_norm\.", "encoder.ln."),
+    (r"decoder\.embed\.0\.", "decoder.embed."),
+    (r"decoder\.decoders\.(\d+)\.self_attn\.linear_", r"decoder.blocks.\1.self_attn."),
+    (r"decoder\.decoders\.(\d+)\.src_attn\.linear_", r"decoder.blocks.\1.cross_attn."),
+    (r"decoder\.decoders\.(\d+)\.norm1\.", r"decoder.blocks.\1.self_ln."),
+    (r"decoder\.decoders\.(\d+)\.norm2\.", r"decoder.blocks.\1.cross_ln."),
+    (r"decoder\.decoders\.(\d+)\.norm3\.", r"decoder.blocks.\1.ff_ln."),
+    (r"decoder\.after_norm\.", "decoder.ln."),
+    (r"decoder\.output_layer\.", "decoder.out."),
+    (r"ctc\.ctc_lo\.", "ctc_head."),
+)
+
+
 def _our_name(key: str) -> str | None:
     """Our parameter name for an ESPnet one (None: ESPnet's buffers that we keep elsewhere or recompute)."""
     if key.startswith(("normalize.", "frontend.")):
         return None  # the CMVN statistics come from feats_stats.npz; the mel basis is recomputed
-    rules = (
-        (r"encoder\.embed\.conv\.(\d+)\.", r"encoder.subsample.conv.\1."),
-        (r"encoder\.embed\.out\.(0\.)?", "encoder.subsample.proj."),  # conv2d8's is a bare Linear
-        (r"encoder\.encoders\.(\d+)\.self_attn\.linear_", r"encoder.blocks.\1.attn."),
-        (r"encoder\.encoders\.(\d+)\.norm1\.", r"encoder.blocks.\1.attn_ln."),
-        (r"encoder\.encoders\.(\d+)\.norm2\.", r"encoder.blocks.\1.ff_ln."),
-        (r"(en|de)coder\.(en|de)coders\.(\d+)\.feed_forward\.w_1\.", r"\1coder.blocks.\3.ff.0."),
-        (r"(en|de)coder\.(en|de)coders\.(\d+)\.feed_forward\.w_2\.", r"\1coder.blocks.\3.ff.3."),
-        (r"encoder\.after_norm\.", "encoder.ln."),
-        (r"decoder\.embed\.0\.", "decoder.embed."),
-        (r"decoder\.decoders\.(\d+)\.self_attn\.linear_", r"decoder.blocks.\1.self_attn."),
-        (r"decoder\.decoders\.(\d+)\.src_attn\.linear_", r"decoder.blocks.\1.cross_attn."),
-        (r"decoder\.decoders\.(\d+)\.norm1\.", r"decoder.blocks.\1.self_ln."),
-        (r"decoder\.decoders\.(\d+)\.norm2\.", r"decoder.blocks.\1.cross_ln."),
-        (r"decoder\.decoders\.(\d+)\.norm3\.", r"decoder.blocks.\1.ff_ln."),
-        (r"decoder\.after_norm\.", "decoder.ln."),
-        (r"decoder\.output_layer\.", "decoder.out."),
-        (r"ctc\.ctc_lo\.", "ctc_head."),
-    )
-    for pattern, replacement in rules:
+    for pattern, replacement in RENAMES:
         renamed, hits = re.subn(f"^{pattern}", replacement, key)
         if hits:
             return renamed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -81,10 +81,6 @@ class FeatureSet:
         for j, t in enumerate(ids):
             tokens[j, : len(t)] = torch.tensor(t, dtype=torch.long)
         return Batch(x, lengths, tokens, tl, [self.items[i][3] for i in idx], [self.items[i][4] for i in idx])
-
-    def iterate(self, batches: list[list[int]]) -> Iterator[Batch]:
-        for b in batches:
-            yield self.collate(b)
 
     def feature_stats(self, limit: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation per mel bin over (a sample of) the training frames: the CMVN statistics."""
