@@ -2,12 +2,15 @@
 #   CPU image (default, slim):  docker build -t speech-transformer .
 #   CUDA image:                 docker build --build-arg VARIANT=cuda -t speech-transformer:cuda .
 #                               docker run --gpus all -p 8000:8000 speech-transformer:cuda
+#   Ray Serve / KubeRay image:  docker build --build-arg EXTRAS=ray -t speech-transformer:ray .
 # Settings are ASR_* environment variables (see app/config.py), e.g. -e ASR_API_KEY=... -e ASR_MAX_BATCH_SIZE=32.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
 # cpu: PyTorch's CPU-only wheels (no CUDA libraries, a much smaller image); cuda: PyPI's CUDA-enabled wheels.
 ARG VARIANT=cpu
+# Optional extras: EXTRAS=ray for the image a KubeRay RayService runs (deploy/rayservice.yaml).
+ARG EXTRAS=
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -30,7 +33,8 @@ COPY app ./app
 COPY model ./model
 COPY recipe ./recipe
 COPY bench ./bench
-RUN .venv/bin/pip install -e . && .venv/bin/python -c "import app.main, app.vad"
+COPY importers ./importers
+RUN .venv/bin/pip install -e ".${EXTRAS:+[$EXTRAS]}" && .venv/bin/python -c "import app.main, app.vad"
 COPY weights ./weights
 
 USER asr

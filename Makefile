@@ -16,7 +16,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,recipe]'
+	$(BIN)/pip install -q -e '.[test,recipe,ray]'
 	touch $(STAMP)
 
 install: system-deps $(STAMP)

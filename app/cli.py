@@ -24,6 +24,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: no checkpoint at {settings.weights} (pass --weights DIR or set ASR_WEIGHTS)", file=sys.stderr)
         return STARTUP_FAILURE
     configure_logging(settings.log_level, settings.log_format, settings.secrets())
+    if args.ray:
+        try:
+            from .ray_deployment import run
+        except ImportError:
+            print("error: --ray needs Ray Serve: pip install '.[ray]'", file=sys.stderr)
+            return USAGE_ERROR
+        return run(settings, args.replicas, args.ray_address)
     server = make_server(create_app(settings))
     try:
         server.run()
@@ -117,6 +124,13 @@ def _import_espnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speech-transformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (ASR_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (ASR_PORT, default 8000)")
     p.add_argument("--weights", type=Path, help="checkpoint directory (ASR_WEIGHTS, default the shipped weights/)")
+    p.add_argument("--ray", action="store_true", help="run as Ray Serve replicas behind Ray's HTTP proxy "
+                                                      "(pip install '.[ray]')")
+    p.add_argument("--replicas", type=_positive, default=1, help="with --ray: model replicas (default 1; "
+                                                                 "ASR_RAY_MAX_REPLICAS turns on autoscaling)")
+    p.add_argument("--ray-address", help="with --ray: join this Ray cluster (default: start a local Ray)")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("transcribe", help="transcribe audio files locally, one line per file")

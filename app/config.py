@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.decoding import DecodeOptions
@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(120.0, gt=0, description="a request's body must arrive within this")
     max_connections: int = Field(512, ge=1, description="open connections; more are answered 503 and closed")
 
+    # Ray Serve (``speech-transformer serve --ray``); replicas run this same app, each with these settings
+    ray_min_replicas: int | None = Field(None, ge=0, description="autoscaling floor (with ray_max_replicas)")
+    ray_max_replicas: int | None = Field(None, ge=1, description="autoscaling ceiling; unset = a fixed --replicas")
+    ray_target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling aim: requests (streams count) "
+                                                                        "in flight per replica")
+    ray_max_ongoing_requests: int = Field(128, ge=1, description="requests one replica takes at once; the proxy "
+                                                                 "queues the rest")
+    ray_replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica")
+
     def decoding(self, beam_size: int | None = None, n_best: int = 1) -> DecodeOptions:
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
         return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
@@ -98,6 +107,13 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that no log line may show."""
         return [self.api_key.get_secret_value()] if self.api_key else []
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Settings:
+        if self.ray_min_replicas is not None and self.ray_max_replicas is not None \
+                and self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError("ASR_RAY_MIN_REPLICAS is above ASR_RAY_MAX_REPLICAS")
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

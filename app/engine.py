@@ -226,6 +226,11 @@ class BatchingEngine:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def alive(self) -> bool:
+        """The inference thread is running (a host's health check)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="asr-inference", daemon=True)
         self._thread.start()

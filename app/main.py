@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +68,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError(f"no checkpoint at {settings.weights} (set ASR_WEIGHTS to a directory with {CONFIG})")
     state.detector = SpeechDetector(settings.vad_threshold)
     loader = asyncio.create_task(_load(state))
+    if state.load_before_serving:
+        await loader
+        if state.phase is Phase.FAILED:  # the host (Ray Serve) sees a replica that failed to start
+            raise RuntimeError(state.error)
     try:
         yield
     finally:
@@ -77,10 +83,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.info("engine stopped (%s)", "drained" if drained else "timed out; pending work failed")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A fresh app with its own settings, metrics registry and (once started) model and engine."""
+def create_app(settings: Settings | None = None, *, replica: str | None = None, hosted: bool = False) -> FastAPI:
+    """A fresh app with its own settings, metrics registry and (once started) model and engine.
+
+    ``replica`` names this copy in every response's ``X-Replica`` (default host:pid). ``hosted`` is for a host
+    like Ray Serve that routes only to replicas whose start-up is over and stamps ``X-Request-ID`` itself:
+    start-up then returns once the model is warm (the plain server answers ``/readyz`` while it loads), and the
+    app adopts the host's request id without adding the header a second time.
+    """
     settings = settings or Settings()
-    state = ServiceState(settings)
+    state = ServiceState(settings, replica=replica or f"{socket.gethostname()}:{os.getpid()}",
+                         load_before_serving=hosted)
     private_docs = settings.api_key is not None and not settings.public_docs
     app = FastAPI(title="Speech-Transformer ASR", version="0.1.0", lifespan=lifespan,
                   description="Speech recognition with dynamic batching: REST, OpenAI-compatible and WebSocket "
@@ -92,8 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Retry-After", "X-Ignored-Parameters"])
-    app.add_middleware(RequestContext, metrics=state.metrics)
+                           expose_headers=["X-Request-ID", "X-Replica", "Retry-After", "X-Ignored-Parameters"])
+    app.add_middleware(RequestContext, metrics=state.metrics, replica=state.replica, tag_request_id=not hosted)
     for module in (health, transcribe, openai, stream, demo, *([docs] if private_docs else [])):
         app.include_router(module.router)
     return app

@@ -108,8 +108,10 @@ def new_request_id(scope: Scope) -> str:
 class RequestContext:
     """Pure ASGI middleware (no body buffering, so uploads still stream through to the size check)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, replica: str, tag_request_id: bool = True) -> None:
         self.app, self.metrics = app, metrics
+        self.replica = replica.encode()
+        self.tag_request_id = tag_request_id  # False where a proxy in front adds X-Request-ID itself
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -119,23 +121,34 @@ class RequestContext:
         token = request_id.set(rid)
         try:
             if scope["type"] == "websocket":
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, self._tagging(send, "websocket.accept", rid))
                 return
             await self._http(scope, receive, send, rid)
         finally:
             request_id.reset(token)
 
+    def _tagging(self, send: Send, opening: str, rid: str) -> Send:
+        """``send``, with the request id and the replica added to the headers of the ``opening`` message."""
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == opening:
+                ids = [(b"x-request-id", rid.encode())] if self.tag_request_id else []
+                message["headers"] = [*message.get("headers", []), *ids, (b"x-replica", self.replica)]
+            await send(message)
+
+        return tagged
+
     async def _http(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         started = time.perf_counter()
         status = 500
+
+        tagged = self._tagging(send, "http.response.start", rid)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
+            await tagged(message)
 
         try:
             await self.app(scope, receive, send_with_id)

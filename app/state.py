@@ -44,6 +44,8 @@ class ServiceState:
     error: str | None = None
     streams: set[Drainable] = field(default_factory=set)  # the open WebSocket sessions
     created: int = 0  # unix time the model was loaded (OpenAI's model "created")
+    replica: str = ""  # this copy's name in X-Replica
+    load_before_serving: bool = False  # start-up waits for the model (see create_app)
 
     @property
     def ready(self) -> bool:

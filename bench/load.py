@@ -2,6 +2,7 @@
 
     python -m bench.load                          # starts its own servers on loopback ports
     python -m bench.load --url http://host:8000   # measures a running server (no batching comparison)
+    python -m bench.load --ray-replicas 2         # the batching server beside `serve --ray --replicas 2`
 
 Speech comes from espeak-ng. The model is the shipped ``weights/`` when present, else a random-initialised
 checkpoint of the default size (its transcripts are noise, but it never stops early, so it costs the most).
@@ -146,14 +147,22 @@ def phase(url: str, clips, args, headers: dict, label: str) -> dict:
     }
 
 
-def start_server(weights: Path, max_batch: int, args, log: Path) -> ServerProcess:
+def start_server(weights: Path, max_batch: int, args, log: Path, ray_replicas: int | None = None) -> ServerProcess:
     settings = {"max_batch_size": max_batch, "queue_depth": max(128, 8 * args.concurrency),
                 "max_wait_ms": args.max_wait_ms}
     if args.beam:
         settings["default_beam_size"] = args.beam
     if args.torch_threads:
         settings["torch_threads"] = args.torch_threads
-    return ServerProcess(weights, log, settings)
+    return ServerProcess(weights, log, settings, ray_replicas=ray_replicas)
+
+
+def comparison_runs(args) -> list[tuple[str, int, int | None]]:
+    """(label, ASR_MAX_BATCH_SIZE, Ray replicas) of each local run; the first is the headline."""
+    first = ("batching", args.max_batch, None)
+    if args.ray_replicas:
+        return [first, (f"ray, {args.ray_replicas} replicas", args.max_batch, args.ray_replicas)]
+    return [first, ("batch size 1", 1, None)]
 
 
 def main() -> None:
@@ -168,6 +177,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16, help="ASR_MAX_BATCH_SIZE of the batching run")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--single-repeats", type=int, default=10, help="uploads of the 5 s clip alone, one at a time")
+    ap.add_argument("--ray-replicas", type=int, default=0,
+                    help="compare with `serve --ray --replicas N` (pip install '.[ray]') instead of batch size 1")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="ASR_TORCH_THREADS of the local servers (default 0: unset, torch's own choice, as "
                          "`speech-transformer serve` runs; 1 = one intra-op thread)")
@@ -188,10 +199,10 @@ def main() -> None:
             weights, model = pick_weights(args.weights, scratch)
             print(f"model: {model}; server torch threads: {args.torch_threads or 'default'}")
             rows = []
-            for label, size in (("batching", args.max_batch), ("batch size 1", 1)):
-                server = start_server(weights, size, args, scratch / f"server-{size}.log")
+            for i, (label, size, replicas) in enumerate(comparison_runs(args)):
+                server = start_server(weights, size, args, scratch / f"server-{i}.log", replicas)
                 try:
-                    if size == args.max_batch:
+                    if i == 0:
                         single_ms = single_latency_ms(server.url, single, args.single_repeats, args.beam, {})
                     rows.append(phase(server.url, clips, args, {}, f"{label} (max {size})"))
                 finally:
@@ -200,12 +211,14 @@ def main() -> None:
         print(f"a 5 s clip alone: p50 {single_ms} ms over {args.single_repeats} requests")
 
     main_row = rows[0]
-    speedup = None
-    if len(rows) == 2 and rows[1]["throughput"]:
-        speedup = round(rows[0]["throughput"] / rows[1]["throughput"], 2)
+    unbatched = rows[1] if len(rows) == 2 and not args.ray_replicas else None
+    ray = rows[1] if len(rows) == 2 and args.ray_replicas else None
+    speedup = round(main_row["throughput"] / unbatched["throughput"], 2) if unbatched and unbatched["throughput"] else None
     emit({"throughput": main_row["throughput"], "p50_ms": main_row["p50_ms"], "p95_ms": main_row["p95_ms"],
           "mean_batch_size": main_row["mean_batch"], "batching_speedup": speedup, "p50_ms_single_5s": single_ms,
-          "unbatched_throughput": rows[1]["throughput"] if len(rows) == 2 else None,
+          "unbatched_throughput": unbatched["throughput"] if unbatched else None,
+          **({"ray_replicas": args.ray_replicas, "ray_throughput": ray["throughput"], "ray_p50_ms": ray["p50_ms"],
+              "ray_p95_ms": ray["p95_ms"]} if ray else {}),
           "failed_requests": sum(r["failed"] for r in rows),
           "concurrency": args.concurrency, "duration_s": args.duration, "torch_threads": None if args.url else (args.torch_threads or None),
           "model": model})

@@ -26,17 +26,22 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """Starts on construction and waits for ``/readyz``; ``settings`` are ``ASR_*`` variables without the prefix."""
+    """Starts on construction and waits for ``/readyz``; ``settings`` are ``ASR_*`` variables without the prefix.
+
+    With ``ray_replicas`` it runs ``serve --ray --replicas N`` and waits for all N (``/readyz`` is 200 once the
+    first replica is up).
+    """
 
     def __init__(self, weights: Path, log: Path, settings: dict[str, object] | None = None,
-                 ready_timeout_s: float = 600.0) -> None:
+                 ready_timeout_s: float = 600.0, ray_replicas: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         env = os.environ | {"ASR_WEIGHTS": str(weights), "ASR_LOG_LEVEL": "warning"}
         env |= {f"ASR_{k.upper()}": str(v) for k, v in (settings or {}).items()}
         self._log = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+        ray = ["--ray", "--replicas", str(ray_replicas)] if ray_replicas else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *ray],
                                      cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         deadline = time.monotonic() + ready_timeout_s
@@ -45,7 +50,7 @@ class ServerProcess:
                 raise RuntimeError(f"the server exited ({self.proc.returncode}); see {log}")
             try:
                 ready = httpx.get(f"{self.url}/readyz", timeout=5)
-                if ready.status_code == 200:
+                if ready.status_code == 200 and (not ray or f"ready: {ray_replicas} replica" in self.log_text()):
                     break
                 if ready.json().get("status") == "failed":
                     self.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import signal
@@ -125,12 +126,14 @@ def test_dockerfile_runs_the_commands_the_tests_exercise() -> None:
     env = " ".join(get("ENV"))
     assert get("EXPOSE") == ["8000"] and "ASR_PORT=8000" in env and "ASR_HOST=0.0.0.0" in env
     install = " ".join(get("RUN"))
-    assert "python3 -m venv .venv" in install and ".venv/bin/pip install -e ." in install  # as `make install`
+    assert "python3 -m venv .venv" in install and ".venv/bin/pip install -e \".${EXTRAS" in install  # as make does
     assert "torch==2.14.1" in install and "torchaudio==2.11.0" in install  # the pins of pyproject.toml
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.14.1"' in pyproject and '"torchaudio==2.11.0"' in pyproject
     copied = [c for rest in (r for w, r in steps if w == "COPY") for c in exec_form(rest)[:-1]]
     assert "weights" in copied  # the shipped weights are baked in
+    packages = re.search(r'include = \[(.*?)\]', pyproject).group(1)
+    assert {p.strip('" *') for p in packages.split(",")} <= set(copied)  # every package the install names
     assert all((ROOT / c).exists() for c in copied)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"weights", "app", "model", "pyproject.toml"} & set(ignored)
