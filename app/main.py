@@ -26,7 +26,7 @@ from .state import Phase, ServiceState
 from .transcriber import TranscriptionService
 from .vad import RATE as VAD_RATE
 from .vad import SpeechDetector
-from .worker import ModelWorker
+from .worker import ModelWorker, one_intra_op_thread
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ async def _load(state: ServiceState) -> None:
     s = state.settings
     try:
         worker = await asyncio.to_thread(ModelWorker.load, s.weights, s.device, s.dtype, s.torch_threads)
+        one_intra_op_thread()  # this loop's thread, and threads that start later: only the model's has a team
         if worker.sample_rate != VAD_RATE:
             raise ValueError(f"the model decodes {worker.sample_rate} Hz audio; the voice detector needs {VAD_RATE}")
         await asyncio.to_thread(worker.warm_up, s.decoding())
@@ -81,6 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.engine is not None:
             drained = await asyncio.to_thread(state.engine.stop, settings.shutdown_timeout_s)
             log.info("engine stopped (%s)", "drained" if drained else "timed out; pending work failed")
+        if state.worker is not None:
+            state.worker.close()
 
 
 def create_app(settings: Settings | None = None, *, replica: str | None = None, hosted: bool = False) -> FastAPI:

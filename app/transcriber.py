@@ -27,6 +27,7 @@ from .engine import BatchingEngine, EngineClosed, Job, OnResult, QueueFull
 from .errors import ApiError
 from .segmenter import decode_and_plan, join_texts
 from .vad import SpeechDetector
+from .worker import one_intra_op_thread
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class TranscriptionService:
         # Each decode holds up to max_audio_s of audio and a core: bound how many run at once. A slot is freed
         # when its thread ends, not when its client leaves, so an abandoned decode still counts.
         self._decodes = asyncio.Semaphore(max_decodes)
-        self._decoder = ThreadPoolExecutor(max_decodes, thread_name_prefix="asr-decode")
+        self._decoder = ThreadPoolExecutor(max_decodes, thread_name_prefix="asr-decode",
+                                           initializer=one_intra_op_thread)
         self._decode_wait_s = decode_wait_s
 
     def check_capacity(self) -> None:

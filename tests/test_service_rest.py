@@ -148,6 +148,39 @@ def test_concurrent_requests_share_batches(server, speech) -> None:
     assert len(ids) == 16
 
 
+def test_model_work_runs_on_the_model_thread_and_decoding_on_one_intra_op_thread(server, speech, monkeypatch) -> None:
+    """Only the model's thread may hold an OpenMP team (see app/worker.py): every decode of an upload or a stream
+    runs there, and the threads that decode uploads from bytes run torch on one intra-op thread."""
+    import threading
+
+    import torch
+
+    import app.transcriber
+    from app.client import stream_audio
+    from app.worker import DEFAULT_THREADS
+
+    model_calls: list[tuple[str, int]] = []
+    prepare_calls: list[tuple[str, int]] = []
+    recognizer = server.state.worker.recognizer
+    transcribe, plan = recognizer.transcribe, app.transcriber.decode_and_plan
+
+    def on(calls: list, fn):
+        def spy(*args, **kwargs):
+            calls.append((threading.current_thread().name, torch.get_num_threads()))
+            return fn(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(recognizer, "transcribe", on(model_calls, transcribe))
+    monkeypatch.setattr(app.transcriber, "decode_and_plan", on(prepare_calls, plan))
+    assert upload(server, speech["fox"].wav).status_code == 200
+    messages = asyncio.run(stream_audio(server.url, speech["hello"].audio, 16000, chunk_ms=100))
+    assert any(m["type"] == "final" for m in messages)
+    assert len(model_calls) >= 2 and len(prepare_calls) == 1
+    assert {name for name, _ in model_calls} == {"asr-model_0"}
+    assert {threads for _, threads in model_calls} == {DEFAULT_THREADS}
+    assert prepare_calls[0][0].startswith("asr-decode") and prepare_calls[0][1] == 1
+
+
 # ---------------------------------------------------------------------------- bad input: clear 4xx, never a 500
 
 
