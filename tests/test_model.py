@@ -287,3 +287,23 @@ def test_word_alignment_puts_words_where_the_ctc_head_fires() -> None:
     # Too few frames for the tokens, or nothing to align: no times rather than made-up ones.
     assert align_words(logits[:3].log_softmax(-1), ids, tok, clock, 0, 10.0) == ()
     assert align_words(logits.log_softmax(-1), [3], tok, clock, 0, 10.0) == ()
+
+
+def test_kv_cache_reorder_keeps_each_rows_parent_history_as_rows_shrink() -> None:
+    from model.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    cache = KVCache(2, 6, 2, 8, 4, torch.device("cpu"), torch.float32)
+    expected = torch.zeros(2, 6, 2, 0, 4)  # every live row's key prefix, per layer: (layers, rows, heads, t, dim)
+    for index in (None, torch.tensor([5, 5, 0, 2, 3, 1]), torch.tensor([1, 1, 4, 0]), torch.tensor([3, 0])):
+        if index is not None:  # beam parents, with repeats, then fewer rows as hypotheses finish
+            cache.reorder(index)
+            expected = expected[:, index]
+        k = torch.randn(2, cache.rows, 2, 1, 4)
+        for layer in range(2):
+            cache.write(layer, k[layer], -k[layer])
+        cache.advance()
+        expected = torch.cat([expected, k], 3)
+        assert torch.equal(cache.k[:, : cache.rows, :, : cache.length], expected)
+        assert torch.equal(cache.v[:, : cache.rows, :, : cache.length], -expected)
+    assert cache.rows == 2 and cache.length == 4
