@@ -25,7 +25,7 @@ serve: install
 	$(BIN)/speech-transformer serve
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
