@@ -87,7 +87,7 @@ def server_load(weights: Path, concurrency: int, duration: float) -> dict:
     """``bench.load``'s JSON at this concurrency (its servers pick the GPU when there is one)."""
     out = subprocess.run([sys.executable, "-m", "bench.load", "--weights", str(weights), "--concurrency",
                           str(concurrency), "--max-batch", str(concurrency), "--duration", str(duration),
-                          "--warmup", "2", "--single-repeats", "2"],
+                          "--warmup", "2", "--single-repeats", "2", "--batched-only"],
                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

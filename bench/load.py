@@ -162,7 +162,7 @@ def comparison_runs(args) -> list[tuple[str, int, int | None]]:
     first = ("batching", args.max_batch, None)
     if args.ray_replicas:
         return [first, (f"ray, {args.ray_replicas} replicas", args.max_batch, args.ray_replicas)]
-    return [first, ("batch size 1", 1, None)]
+    return [first] if args.batched_only else [first, ("batch size 1", 1, None)]
 
 
 def main() -> None:
@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16, help="ASR_MAX_BATCH_SIZE of the batching run")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--single-repeats", type=int, default=10, help="uploads of the 5 s clip alone, one at a time")
+    ap.add_argument("--batched-only", action="store_true", help="skip the batch-size-1 server (no batching_speedup)")
     ap.add_argument("--ray-replicas", type=int, default=0,
                     help="compare with `serve --ray --replicas N` (pip install '.[ray]') instead of batch size 1")
     ap.add_argument("--torch-threads", type=int, default=0,

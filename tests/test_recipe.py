@@ -503,11 +503,11 @@ def test_torchrun_ddp_on_two_cpu_ranks_trains_like_one_process_and_resumes(tmp_p
     single, parallel = train("single", 4, 1), train("ddp", 4, 2)
     assert single.keys() == parallel.keys()
     assert moved(single, parallel) < 0.02  # measured: 0.8%
-    assert moved(single, train("single3", 3, 1)) > 0.5  # measured: 99.4%
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert log[0]["ranks"] == 2 and log[-1]["event"] == "exported"
 
-    train("ddp_resumed", 2, 2)
+    halfway = train("ddp_resumed", 2, 2)
+    assert moved(parallel, halfway) > 0.5  # the measure sees two steps fewer (one fewer moved 99.4%)
     resumed = train("ddp_resumed", 4, 2)
     starts = [json.loads(line) for line in (tmp_path / "ddp_resumed" / "log.jsonl").read_text().splitlines()]
     assert [e["resume_step"] for e in starts if e.get("event") == "start"] == [0, 2]
