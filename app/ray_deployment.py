@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -95,10 +96,21 @@ def launching_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in one line before Ray starts, rather than in a proxy actor's traceback after."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def run(settings: Settings, replicas: int, address: str | None) -> int:
     """Start (or join) Ray, put the proxy on ``settings.host:port``, deploy, and wait for SIGINT/SIGTERM."""
     import ray
 
+    check_port(settings.host, settings.port)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing phones home from a server
     ray.init(address=address, include_dashboard=False, configure_logging=False)
     try:

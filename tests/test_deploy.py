@@ -96,3 +96,18 @@ def test_serve_ray_without_the_extra_says_how_to_install_it(monkeypatch: pytest.
     monkeypatch.setitem(sys.modules, "app.ray_deployment", None)  # as if `import ray` failed inside it
     assert main(["serve", "--ray"]) == 2
     assert capsys.readouterr().err.strip() == "error: --ray needs Ray Serve: pip install '.[ray]'"
+
+
+def test_serve_ray_on_a_taken_port_is_one_line_before_ray_starts(capsys) -> None:
+    pytest.importorskip("ray.serve", reason="the Ray extra is not installed")
+    import socket
+
+    from app.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--ray", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}") and "\n" not in err
