@@ -148,3 +148,15 @@ def test_container_smoke_script_expects_its_clips_transcript() -> None:
     lines = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "clips.jsonl").read_text().splitlines() if x]
     assert {"audio": Path(clip).name, "text": expected} in [{"audio": x["audio"], "text": x["text"]} for x in lines]
     assert (ROOT / clip).is_file()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    """The README's settings table is where users look; a setting missing from it is a knob nobody can find."""
+    from app.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    ray_row = next(line for line in readme.splitlines() if line.startswith("| `ASR_RAY_*`"))
+    missing = [name for name in Settings.model_fields
+               if (name.removeprefix("ray_").upper() not in ray_row if name.startswith("ray_")
+                   else f"ASR_{name.upper()}" not in readme)]
+    assert not missing, f"settings missing from the README: {missing}"
