@@ -54,6 +54,12 @@ class Settings(BaseSettings):
                                                 "(shallow fusion at word boundaries); 0 turns it off")
     lm_fusion_bonus: float = Field(DecodeOptions.lm_fusion_bonus, ge=0, le=20,
                                    description="fusion: added to each completed word's LM log-probability")
+    beam_margin: float = Field(DecodeOptions.beam_margin, ge=0,
+                               description="beams trailing the best by more than this (joint log-score) are dropped "
+                                           "for the step; 0 = always the full beam")
+    end_margin: float = Field(DecodeOptions.end_margin, ge=0,
+                              description="an utterance stops once its best live hypothesis trails its best "
+                                          "finished one by this; 0 = only when a beam's worth has finished")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
 
     # WebSocket streaming
@@ -102,7 +108,8 @@ class Settings(BaseSettings):
         """Decode options for one request: the server's CTC settings and the request's beam (or the default)."""
         return DecodeOptions(beam_size=self.default_beam_size if beam_size is None else beam_size, n_best=n_best,
                              ctc_weight=self.ctc_weight, ctc_mode=self.ctc_mode, lm_weight=self.lm_weight,
-                             lm_fusion_weight=self.lm_fusion_weight, lm_fusion_bonus=self.lm_fusion_bonus)
+                             lm_fusion_weight=self.lm_fusion_weight, lm_fusion_bonus=self.lm_fusion_bonus,
+                             beam_margin=self.beam_margin, end_margin=self.end_margin)
 
     def secrets(self) -> list[str]:
         """Values that no log line may show."""

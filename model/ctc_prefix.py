@@ -35,6 +35,8 @@ class CTCPrefixScorer:
         x = x.clamp(min=-UNLIKELY).masked_fill(pad[..., None], -UNLIKELY)
         x[..., blank] = x[..., blank].masked_fill(pad, 0.0)
         self.x, self.blank, self.eos, self.frames = x, blank, eos, frames
+        self.probs = x.double().exp().transpose(0, 1).contiguous()  # (U, T, V) what extend() multiplies
+        self.beams = beams
         self.utt = torch.arange(u, device=x.device).repeat_interleave(beams)  # utterance of each row
         # The empty prefix: no label yet, only blanks so far.
         self.r_n = torch.full((frames, u * beams), NEG_INF, dtype=x.dtype, device=x.device)
@@ -53,43 +55,68 @@ class CTCPrefixScorer:
         candidate's score needs only its parent's state, not its own forward variables: those are computed in
         :meth:`select`, for the few candidates that survive (a beam keeps ``rows`` of ``rows x C``), which saves
         most of the recursion's cost.
+
+        The score is ``log sum_t phi_prev[t] * p_t(c)``: for every candidate of a row but its last label the same
+        ``phi_prev`` (the prefix complete by frame ``t - 1``), so all tokens of all beams of an utterance are one
+        ``(K, T) x (T, V)`` product of probabilities, scaled by each row's largest ``phi_prev`` and in float64
+        (a log-probability down to about -700 stays finite; below that the extension counts as impossible).
         """
-        if tokens is None:
-            tokens = torch.arange(self.x.shape[-1], device=self.x.device).expand(self.last.numel(), -1)
-        x_c = self.x[:, self.utt[:, None], tokens]  # (T, rows, C)
+        rows = self.last.numel()
         total = torch.logaddexp(self.r_n, self.r_b)
-        # A repeated label needs a blank in between: only paths that end in blank may emit it again.
-        repeat = (tokens == self.last[:, None])[None]
-        phi = torch.where(repeat, self.r_b[..., None], total[..., None])  # (T, rows, C)
         # phi_prev[t]: the old prefix complete by frame t - 1, so the new label may start at frame t. Before the
-        # first frame only the empty prefix is complete.
-        first = torch.full_like(phi[:1], 0.0 if self.length == 0 else NEG_INF)
-        phi_prev = torch.cat([first, phi[:-1]])
-        prefix = torch.logsumexp(phi_prev + x_c, 0)
+        # first frame only the empty prefix is complete. A repeated label needs a blank in between: only paths
+        # that end in blank may emit it again.
+        first = torch.full_like(total[:1], 0.0 if self.length == 0 else NEG_INF)
+        phi_prev = torch.cat([first, total[:-1]])
+        phi_prev_repeat = torch.cat([first, self.r_b[:-1]])
+        every = self._log_dot(phi_prev, self.probs[self.utt[:: self.beams]])  # (rows, V)
+        again = self._log_dot(phi_prev_repeat, self.probs[self.utt, :, self.last.clamp(min=0)])[:, 0]
+        if tokens is None:
+            tokens = torch.arange(self.x.shape[-1], device=self.x.device).expand(rows, -1)
+        prefix = every.gather(1, tokens)
+        repeat = tokens == self.last[:, None]
+        prefix = torch.where(repeat, again[:, None], prefix)
         scores = torch.where(tokens == self.eos, total[-1][:, None], prefix)
         # The blank is CTC's, never an output token; a path through a clamped frame is no path at all.
         scores = scores.masked_fill((tokens == self.blank) | (scores < -UNLIKELY / 2), NEG_INF)
-        self._pending = (tokens, phi_prev, x_c, scores)
+        self._pending = (tokens, phi_prev, phi_prev_repeat, scores)
         self._ends = total[-1].masked_fill(total[-1] < -UNLIKELY / 2, NEG_INF)
         return torch.where(torch.isfinite(scores), scores - self.prev[:, None], IMPOSSIBLE)
+
+    def _log_dot(self, log_a: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """``log sum_t exp(log_a[t, r]) * probs[u, t, v]`` for ``log_a`` ``(T, rows)`` and the probabilities of each
+        row's utterance ``probs`` ``(n, T, V)`` (``(rows, V)``), or of one token per row ``(rows, T)`` (``(rows, 1)``)."""
+        rows = log_a.shape[1]
+        peak = log_a.max(0).values.clamp(min=-UNLIKELY)
+        a = (log_a - peak).double().exp().T  # (rows, T)
+        if probs.dim() == 2:
+            dot = (a * probs).sum(1, keepdim=True)
+        else:
+            dot = torch.bmm(a.view(probs.shape[0], -1, self.frames), probs).view(rows, -1)
+        return dot.log().to(log_a.dtype) + peak[:, None]
 
     def end_logprob(self, rows: torch.Tensor | int) -> torch.Tensor:
         """Log-probability that the CTC output is exactly the hypothesis of each of ``rows`` (of the last
         :meth:`extend`): what the search reports for a hypothesis that ends there."""
         return self._ends[rows]
 
-    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Row ``rows[i]`` extended by ``tokens[i]`` (one of its candidates in :meth:`extend`) becomes row ``i``."""
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor, beams: int | None = None) -> None:
+        """Row ``rows[i]`` extended by ``tokens[i]`` (one of its candidates in :meth:`extend`) becomes row ``i``;
+        ``beams`` rows per utterance from now on (None: unchanged)."""
         if self._pending is None:
             raise RuntimeError("extend() must come before select()")
-        candidates, phi_prev, x_c, scores = self._pending
+        candidates, phi_prev, phi_prev_repeat, scores = self._pending
         cols = (candidates[rows] == tokens[:, None]).int().argmax(1)
         utt = self.utt[rows]
+        repeat = (tokens == self.last[rows])[None]
+        phi = torch.where(repeat, phi_prev_repeat[:, rows], phi_prev[:, rows])
+        x_c = self.x[:, utt, tokens]
         x_b = self.x[:, utt, self.blank]
         solve = _closed_form if rows.numel() * self.frames <= CLOSED_FORM_MAX else _frame_by_frame
-        self.r_n, self.r_b = solve(phi_prev[:, rows, cols], x_c[:, rows, cols], x_b, max(1, self.length))
+        self.r_n, self.r_b = solve(phi, x_c, x_b, max(1, self.length))
         self.last = tokens
         self.utt = utt
+        self.beams = beams or self.beams
         self.length += 1
         self.prev = scores[rows, cols]
         self._pending = None

@@ -40,14 +40,16 @@ class DecoderScorer:
         logp = F.log_softmax(logits.float(), dim=-1)
         return logp if tokens is None else logp.gather(1, tokens)
 
-    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor, beams: int | None = None) -> None:
         """Reorder the cache by beam parent; ``rows`` come in whole utterances, so a dropped one frees its memory."""
         if self.cache is not None:
             self.cache.reorder(rows)
         else:
             self.prefix = torch.cat([self.prefix[rows], tokens[:, None]], 1)
         self.last = tokens
-        if rows.numel() < self.mask.shape[0] * self.beams:
-            keep = rows[:: self.beams] // self.beams
+        new_beams = beams or self.beams
+        if rows.numel() < self.mask.shape[0] * new_beams:
+            keep = rows[::new_beams] // self.beams
             self.memory_kv = [(k[keep], v[keep]) for k, v in self.memory_kv]
             self.mask = self.mask[keep]
+        self.beams = new_beams

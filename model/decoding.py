@@ -55,6 +55,14 @@ class DecodeOptions:
     # added to each completed word's LM log-probability in fusion: without it, gluing words into one long unknown
     # word (one LM penalty instead of several) pays
     lm_fusion_bonus: float = 3.0
+    # An utterance stops decoding once its best live hypothesis trails its best finished one by more than this
+    # (the joint score, before length normalisation); 0 = only when beam_size hypotheses have finished (or the
+    # length budget is spent). Most of a beam finishes long after the best one, far behind it.
+    end_margin: float = 10.0
+    # Beams whose joint score trails their utterance's best live one by more than this are dropped for the step
+    # (the beam is as wide as the utterance with most hypotheses within the margin, up to beam_size, and widens
+    # again when hypotheses draw level); 0 = off, always beam_size.
+    beam_margin: float = 6.0
     use_cache: bool = True  # False recomputes the whole prefix every step (for measurement only)
     # The CTC head's best path alone (no decoder, no search): a few milliseconds, for streaming partials.
     ctc_greedy: bool = False
@@ -70,6 +78,8 @@ class DecodeOptions:
             raise ValueError("lm_weight must be in [0, 1]")
         if not 0.0 <= self.lm_fusion_weight <= 1.0:
             raise ValueError("lm_fusion_weight must be in [0, 1]")
+        if self.end_margin < 0 or self.beam_margin < 0:
+            raise ValueError("end_margin and beam_margin must be >= 0")
         if not 0.0 <= self.lm_fusion_bonus <= 20.0:
             raise ValueError("lm_fusion_bonus must be in [0, 20]")
         if self.ctc_mode not in ("prefix", "rescore"):
@@ -109,12 +119,13 @@ def beam_search(
     live = _Beams.start(max_lens, beams, steps)
     finished: list[list[Finished]] = [[] for _ in range(batch)]
     for t in range(steps):
-        logp, must_end = _length_rules(decoder.extend(None).view(len(live.active), beams, -1), t, live.max_len,
+        logp, must_end = _length_rules(decoder.extend(None).view(len(live.active), live.scores.shape[1], -1), t, live.max_len,
                                        opts.min_len, cfg.eos_id)
-        step = _expand(live, logp, 1.0 if ctc is None else 1 - ctc_weight, others, width)
+        step = _expand(live, logp, 1.0 if ctc is None else 1 - ctc_weight, others, width, beams)
         ends = step.token == cfg.eos_id
-        _finish(step, ends, live, t, finished, ctc)
-        if not _advance(live, _prune(step, ends), t, finished, must_end, scorers):
+        _finish(step, ends, live, t, finished, ctc, beams)
+        survivors = _narrow(_prune(step, ends, beams), opts.beam_margin)
+        if not _advance(live, survivors, t, finished, must_end, scorers, beams, opts.end_margin):
             break
 
     rescore = ctc_logprobs if ctc_weight > 0 and ctc is None else None
@@ -167,17 +178,19 @@ def _length_rules(logp: torch.Tensor, t: int, max_len: torch.Tensor, min_len: in
 
 
 def _expand(live: _Beams, logp: torch.Tensor, weight: float, others: list[tuple[Scorer, float]],
-            width: int | None) -> _Step:
-    """The 2K best extensions of each utterance: the decoder's ``logp`` ``(n, K, V)`` with ``weight``, plus every
-    other scorer's weighted score of the decoder's ``width`` best tokens per beam (all of them if None)."""
-    n, beams, _ = logp.shape
+            width: int | None, beams: int) -> _Step:
+    """The ``2 * beams`` best extensions of each utterance (fewer if its live beams have fewer): the decoder's
+    ``logp`` ``(n, k, V)`` with ``weight``, plus every other scorer's weighted score of the decoder's ``width`` best
+    tokens per beam (all of them if None)."""
+    n, live_beams, _ = logp.shape
     tokens = None
     if width is not None:
         logp, tokens = logp.topk(width, dim=-1)
     gain = logp if weight == 1.0 else weight * logp
     for scorer, w in others:
-        gain = gain + w * scorer.extend(None if tokens is None else tokens.view(n * beams, -1)).view(n, beams, -1)
-    top_scores, top_idx = (live.scores[:, :, None] + gain).view(n, -1).topk(2 * beams, dim=1)
+        gain = gain + w * scorer.extend(None if tokens is None else tokens.view(n * live_beams, -1)).view(n, live_beams, -1)
+    candidates = (live.scores[:, :, None] + gain).view(n, -1)
+    top_scores, top_idx = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)
     parent = top_idx // gain.shape[-1]
     token = top_idx % gain.shape[-1] if tokens is None else tokens.view(n, -1).gather(1, top_idx)
     att = live.att.gather(1, parent) + logp.view(n, -1).gather(1, top_idx)
@@ -185,39 +198,65 @@ def _expand(live: _Beams, logp: torch.Tensor, weight: float, others: list[tuple[
 
 
 def _finish(step: _Step, ends: torch.Tensor, live: _Beams, t: int, finished: list[list[Finished]],
-            ctc: CTCPrefixScorer | None) -> None:
-    """End tokens (``ends``) ranked within the first K candidates complete a hypothesis."""
-    beams = live.scores.shape[1]
+            ctc: CTCPrefixScorer | None, beams: int) -> None:
+    """End tokens (``ends``) ranked within the first ``beams`` candidates complete a hypothesis."""
+    live_beams = live.scores.shape[1]
     for u, r in (ends[:, :beams] & torch.isfinite(step.scores[:, :beams])).nonzero().tolist():
-        row = u * beams + int(step.parent[u, r])
+        row = u * live_beams + int(step.parent[u, r])
         ctc_logprob = None if ctc is None else float(ctc.end_logprob(row))
         finished[live.active[u]].append(Finished(tuple(live.history[row, :t].tolist()), float(step.scores[u, r]),
                                                  float(step.att[u, r]), ctc_logprob))
 
 
-def _prune(step: _Step, ends: torch.Tensor) -> _Step:
-    """The K best of the 2K candidates that do not end (``ends``) stay alive."""
+def _prune(step: _Step, ends: torch.Tensor, beams: int) -> _Step:
+    """The ``beams`` best candidates that do not end (``ends``) stay alive (at most half of the candidates)."""
     n, width = ends.shape
     order = torch.arange(width, device=ends.device).expand(n, -1)
-    keep = (order + ends.long() * width).topk(width // 2, dim=1, largest=False).indices
+    keep = (order + ends.long() * width).topk(min(beams, width // 2), dim=1, largest=False).indices
     return step.take(keep)
 
 
+def _narrow(step: _Step, margin: float) -> _Step:
+    """Drop the beams that trail their utterance's best by more than ``margin`` (0: none). The layout is utterance
+    x beam, so the width is what the utterance with most beams within the margin needs; another utterance's beams
+    beyond its own margin stay in the layout dead (score -inf), so no utterance's search depends on its company."""
+    if margin <= 0 or step.scores.shape[1] == 1:
+        return step
+    within = step.scores >= step.scores[:, :1] - margin
+    width = max(1, int(within.sum(1).max()))
+    if bool(within[:, :width].all()) and width == step.scores.shape[1]:
+        return step
+    columns = torch.arange(width, device=step.scores.device).expand(step.scores.shape[0], -1)
+    narrowed = step.take(columns)
+    return narrowed._replace(scores=narrowed.scores.masked_fill(~within[:, :width], float("-inf")))
+
+
+def _decoding(finished: list[Finished], beams: int, best_live: float, end_margin: float) -> bool:
+    """Whether an utterance goes on: fewer than ``beams`` finished, and its best live hypothesis within
+    ``end_margin`` of its best finished one (0: no margin rule)."""
+    if len(finished) >= beams:
+        return False
+    return not (end_margin and finished and best_live < max(h.score for h in finished) - end_margin)
+
+
 def _advance(live: _Beams, step: _Step, t: int, finished: list[list[Finished]], must_end: torch.Tensor,
-             scorers: list[Scorer]) -> bool:
-    """Move the survivors into place in every scorer. An utterance with K finished hypotheses, or out of length
-    budget, leaves the batch; returns False when none is left."""
-    beams = live.scores.shape[1]
-    still = torch.tensor([len(finished[i]) < beams for i in live.active], device=must_end.device) & ~must_end
+             scorers: list[Scorer], beams: int, end_margin: float) -> bool:
+    """Move the survivors into place in every scorer. An utterance with K finished hypotheses, out of length
+    budget, or whose live hypotheses trail its best finished one by ``end_margin``, leaves the batch; returns False
+    when none is left. The survivors may be fewer per utterance than the live beams were (``_narrow``)."""
+    live_beams, new_beams = live.scores.shape[1], step.scores.shape[1]
+    best_live = step.scores[:, 0].tolist()
+    still = torch.tensor([_decoding(finished[i], beams, best, end_margin) for i, best in zip(live.active, best_live)],
+                         device=must_end.device) & ~must_end
     if not bool(still.any()):
         return False
     keep = still.nonzero().squeeze(1)
-    rows = (keep[:, None] * beams + step.parent[keep]).flatten()
+    rows = (keep[:, None] * live_beams + step.parent[keep]).flatten()
     tokens = step.token[keep].flatten()
     live.history[: rows.numel()] = live.history[rows]
     live.history[: rows.numel(), t] = tokens
     for scorer in scorers:
-        scorer.select(rows, tokens)
+        scorer.select(rows, tokens, new_beams if new_beams != live_beams else None)
     if keep.numel() < len(live.active):
         live.max_len = live.max_len[keep]
         live.active = [live.active[i] for i in keep.tolist()]

@@ -68,8 +68,8 @@ class WordLMFusion:
         out = torch.where(tokens_cpu == self.eos_id, self._ends[:, None], out)
         return out.to(self.device)
 
-    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Row ``rows[i]`` extended by ``tokens[i]`` becomes row ``i``."""
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor, beams: int | None = None) -> None:
+        """Row ``rows[i]`` extended by ``tokens[i]`` becomes row ``i`` (rows are independent: ``beams`` is not needed)."""
         kept = []
         for r, tok in zip(rows.tolist(), tokens.tolist()):
             context, partial = self.rows[r]

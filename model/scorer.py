@@ -21,7 +21,8 @@ class Scorer(Protocol):
         ``tokens`` ``(rows, C)``; ``None`` means every token of the vocabulary (``C = V``)."""
         ...
 
-    def select(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, tokens: torch.Tensor, beams: int | None = None) -> None:
         """Row ``rows[i]`` (of the last :meth:`extend`) extended by ``tokens[i]`` becomes row ``i``; rows that are
-        not named (other beams, finished utterances) are dropped."""
+        not named (other beams, finished utterances) are dropped. ``beams``: hypotheses per utterance from now on,
+        when the search narrows or widens its beam (None: unchanged)."""
         ...

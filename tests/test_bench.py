@@ -70,3 +70,21 @@ def test_gpu_check_dry_run_on_the_cpu_reports_every_figure(tmp_path: Path) -> No
     assert "fp16_identical" not in last  # fp16 is CUDA-only
     assert last["batch8_audio_s_per_s"] > 0 and last["server_throughput"] > 0 and last["server_failed"] == 0
     assert last["ddp_step_s"] > 0
+
+
+def test_bench_search_compares_two_settings_on_the_same_utterances() -> None:
+    """Beam 1 against beam 16 on the committed clips: the JSON line has both WERs, the share of identical
+    transcripts and the speed ratio; a field that is not a decode option is one line and exit 1."""
+    manifest = str(ROOT / "tests" / "fixtures" / "clips.jsonl")
+    out = subprocess.run([sys.executable, "-m", "bench.search", "--manifest", manifest, "--a", "beam_size=16",
+                          "--b", "beam_size=1,end_margin=0", "--batch-size", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    [row] = last["sets"]
+    assert row["utterances"] == 5 and row["wer_a"] == 0.0
+    assert 0 <= last["identical"] <= 1 and last["identical"] == row["identical"]
+    assert row["speedup"] == pytest.approx(row["seconds_a"] / row["seconds_b"], rel=0.05) and row["speedup"] > 1
+    bad = subprocess.run([sys.executable, "-m", "bench.search", "--manifest", manifest, "--b", "beams=3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    [line] = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and line.startswith("error: 'beams' is not a decode option (beam_size, ")

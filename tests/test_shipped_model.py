@@ -92,3 +92,34 @@ def test_word_timings_follow_the_audio(recognizer: Recognizer) -> None:
         assert abs(a.words[0].start - onset) <= 0.1, (a.words[0], onset)
         assert a.words[-1].end <= offset + 0.1, (a.words[-1], offset)
         assert all(abs(y.start - x.start - 1.0) <= 0.081 for x, y in zip(a.words, b.words)), (a.words, b.words)
+
+
+def test_search_margins_narrow_the_beam_and_stop_early_but_keep_the_transcripts(recognizer: Recognizer,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``beam_margin`` and ``end_margin`` (the defaults) against the full beam to the end: the same transcripts from
+    fewer decoder rows; on audio cut off mid-sentence (where most of a full beam finishes far behind the best) in
+    fewer steps too. Alone and in a batch, each utterance gets the same text."""
+    from model.decoder_scorer import DecoderScorer
+
+    waves = [decode_audio(path.read_bytes(), recognizer.sample_rate)[0] for path, _ in clips()]
+    gap = np.zeros(int(0.3 * recognizer.sample_rate), np.float32)
+    joined = np.concatenate([waves[0], gap, waves[1]])
+    cut = joined[: int(len(joined) * 0.8)]
+    seen: list[int] = []
+    extend = DecoderScorer.extend
+    monkeypatch.setattr(DecoderScorer, "extend", lambda self, tokens: seen.append(int(self.last.numel()))
+                        or extend(self, tokens))
+
+    def search(opts: DecodeOptions) -> tuple[str, int, int]:
+        seen.clear()
+        text = recognizer.transcribe([cut], opts)[0].text
+        return text, len(seen), sum(seen)
+
+    full_text, full_steps, full_rows = search(DecodeOptions(beam_margin=0, end_margin=0))
+    text, steps, rows = search(DecodeOptions())
+    assert DecodeOptions().beam_margin > 0 and DecodeOptions().end_margin > 0
+    assert text == full_text
+    assert steps < full_steps and rows < 0.9 * full_rows, (steps, full_steps, rows, full_rows)
+    batch = [r.text for r in recognizer.transcribe([cut, *waves])]
+    assert batch[0] == text
+    assert batch[1:] == [r.text for r in recognizer.transcribe(waves, DecodeOptions(beam_margin=0, end_margin=0))]
