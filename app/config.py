@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_batch_audio_seconds: float = Field(160.0, gt=0, description="padded audio per batch: items x longest item")
     max_wait_ms: float = Field(20.0, ge=0, description="how long a batch waits for more work once it has one item")
     max_incoming_wait_ms: float = Field(250.0, ge=0, description="longer wait while uploads are still being decoded")
+    idle_wait_ms: float = Field(2.0, ge=0, description="shorter wait when the engine is idle (no batch for "
+                                                       "max_wait_ms and no upload being decoded)")
     queue_depth: int = Field(128, ge=1, description="pending segments before new requests get 429")
     retry_after_s: int = Field(1, ge=1)
 

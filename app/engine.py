@@ -43,6 +43,9 @@ class BatchPolicy:
     max_items: int = 16
     max_padded_seconds: float = 160.0
     max_wait_s: float = 0.02  # once a segment waits, how long to wait for company
+    # ... when it finds the engine idle (no batch for max_wait_s, no upload being decoded): nobody else is about to
+    # send anything, so waiting would only add latency; a few ms still gather a burst that arrives at once
+    idle_wait_s: float = 0.002
     max_incoming_wait_s: float = 0.25  # ... for as long as requests are being decoded and will arrive any moment
     queue_depth: int = 128
 
@@ -160,6 +163,7 @@ class BatchingEngine:
         self._thread: threading.Thread | None = None
         self._batch_ids = 0
         self._incoming = 0  # requests being decoded from bytes right now, about to submit
+        self._last_batch_end = float("-inf")
         self.peak_depth = 0  # the most segments ever pending at once
 
     # ------------------------------------------------------------------ caller side (event loop)
@@ -272,9 +276,13 @@ class BatchingEngine:
                         return None
                     self._cv.wait()
                 first = self._pending[0].enqueued
+                idle = first - self._last_batch_end > p.max_wait_s
                 while self._pending and not self._closing and not batch_is_full(self._pending, p.max_items,
                                                                                  p.max_padded_seconds):
-                    patience = max(p.max_wait_s, p.max_incoming_wait_s) if self._incoming else p.max_wait_s
+                    if self._incoming:
+                        patience = max(p.max_wait_s, p.max_incoming_wait_s)
+                    else:
+                        patience = min(p.idle_wait_s, p.max_wait_s) if idle else p.max_wait_s
                     left = first + patience - time.monotonic()
                     if left <= 0:
                         break
@@ -293,7 +301,8 @@ class BatchingEngine:
         self._batch_ids += 1
         batch_id, started = self._batch_ids, time.monotonic()
         outcomes = self._run(batch)
-        compute_s = time.monotonic() - started
+        self._last_batch_end = time.monotonic()
+        compute_s = self._last_batch_end - started
         audio_s = sum(s.seconds for s in batch)
         if self._metrics:
             self._metrics.observe_batch(len(batch), compute_s, audio_s)

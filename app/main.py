@@ -46,7 +46,7 @@ async def _load(state: ServiceState) -> None:
         return
     policy = BatchPolicy(max_items=s.max_batch_size, max_padded_seconds=s.max_batch_audio_seconds,
                          max_wait_s=s.max_wait_ms / 1000, max_incoming_wait_s=s.max_incoming_wait_ms / 1000,
-                         queue_depth=s.queue_depth)
+                         idle_wait_s=s.idle_wait_ms / 1000, queue_depth=s.queue_depth)
     engine = BatchingEngine(worker.run, policy, state.metrics, worker.sample_rate)
     engine.start()
     state.worker, state.engine, state.created = worker, engine, int(time.time())

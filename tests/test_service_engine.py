@@ -43,7 +43,7 @@ def run(coro):
 
 
 def make(runner, **policy) -> BatchingEngine:
-    engine = BatchingEngine(runner, BatchPolicy(**({"max_wait_s": 0.2} | policy)), sample_rate=RATE)
+    engine = BatchingEngine(runner, BatchPolicy(**({"max_wait_s": 0.2, "idle_wait_s": 0.2} | policy)), sample_rate=RATE)
     engine.start()
     return engine
 
@@ -236,3 +236,26 @@ def test_requests_still_being_decoded_are_waited_for() -> None:
     assert run(main()) == ["1", "2"]
     engine.stop()
     assert runner.batches == [[1.0, 1.0]]  # one batch, although max_wait is 0
+
+
+def test_a_lone_segment_at_an_idle_engine_starts_at_once_but_a_busy_engine_gathers_company() -> None:
+    """An idle engine does not make a request wait for company that is not coming; one that has just run a batch
+    (clients are sending again) waits ``max_wait_s`` as before."""
+    runner = FakeRunner()
+    engine = make(runner, max_wait_s=1.0, idle_wait_s=0.0, max_items=8)
+
+    async def main():
+        await asyncio.sleep(1.1)  # idle for longer than max_wait
+        lone = engine.submit([wave(1)], BEAM1)
+        await lone
+        first = engine.submit([wave(2)], BEAM1)
+        await asyncio.sleep(0.1)
+        second = engine.submit([wave(3)], BEAM1)
+        await first
+        await second
+        return lone.queue_s, first.queue_s
+
+    lone_wait, busy_wait = run(main())
+    engine.stop()
+    assert lone_wait < 0.5 and busy_wait >= 0.9
+    assert runner.batches == [[1.0], [1.0, 1.0]]
