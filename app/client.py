@@ -13,6 +13,8 @@ from websockets.asyncio.client import connect
 
 from model.audio import decode_audio
 
+TELEPHONE_RATE = 8000  # G.711's sample rate
+
 
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -43,6 +45,22 @@ def pcm_chunks(audio: np.ndarray, rate: int, chunk_ms: float) -> list[bytes]:
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
     step = max(1, int(rate * chunk_ms / 1000))
     return [pcm[i: i + step].tobytes() for i in range(0, len(pcm), step)]
+
+
+def g711_chunks(audio: np.ndarray, rate: int, encoding: str, chunk_ms: float) -> list[bytes]:
+    """``audio`` as a telephone gateway sends it: resampled to 8 kHz, 8-bit G.711 (``mulaw`` or ``alaw``, one byte
+    a sample), in chunks of ``chunk_ms``."""
+    import io
+
+    import soundfile as sf
+
+    from model.resample import resample
+
+    buf = io.BytesIO()
+    sf.write(buf, resample(audio, rate, TELEPHONE_RATE), TELEPHONE_RATE, format="RAW",
+             subtype={"mulaw": "ULAW", "alaw": "ALAW"}[encoding])
+    data, step = buf.getvalue(), max(1, int(TELEPHONE_RATE * chunk_ms / 1000))
+    return [data[i: i + step] for i in range(0, len(data), step)]
 
 
 async def stream_audio(url: str, audio: np.ndarray, rate: int = 16000, *, api_key: str | None = None,

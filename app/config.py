@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     stream_max_frame_bytes: int = Field(1024 * 1024, ge=2)
     stream_max_seconds: float = Field(3600.0, gt=0, description="audio one session may send")
     stream_idle_timeout_s: float = Field(60.0, gt=0)
-    stream_partial_interval_ms: float = Field(150.0, gt=0, description="audio between two partials of a segment")
+    # 250: with 100 ms chunks a partial every 300 ms of audio; 150 (every 200 ms) spent so much of the CPU on
+    # re-encoding open segments that 16 real-time streams waited 1.6-2.3x as long for their finals (bench.stream)
+    stream_partial_interval_ms: float = Field(250.0, gt=0, description="audio between two partials of a segment")
     stream_partials: Literal["ctc", "decoder"] = Field("ctc", description="ctc: the CTC head's best path (cheap); "
                                                        "decoder: a search of stream_partial_beam_size")
     stream_endpoint_silence_ms: float = Field(500.0, gt=0)

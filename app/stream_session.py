@@ -51,7 +51,7 @@ class StreamLimits:
 
     max_frame_bytes: int = 1024 * 1024
     max_seconds: float = 3600.0
-    partial_interval_s: float = 0.15
+    partial_interval_s: float = 0.25
     endpoint_silence_s: float = 0.5
     partial_beam_size: int = 1
     partials_from_ctc: bool = True  # partials from the CTC head's best path, not a decoder search

@@ -3,6 +3,7 @@
     python -m bench.stream                                   # starts its own server; 1 stream, then 16
     python -m bench.stream --set stream_partial_interval_ms=500
     python -m bench.stream --url http://host:8000            # measures a running server
+    python -m bench.stream --encoding mulaw --streams 16     # the streams as 8 kHz G.711 from a telephone line
 
 Each stream plays clip A, ``--gap-s`` of digital silence, clip B, then sends ``eof`` right after B's last chunk,
 in 100 ms chunks paced like a microphone (each chunk waits for its due time from the stream's start on a
@@ -22,7 +23,9 @@ Latencies, all from the client's monotonic clock:
 
 ``final_latency_*`` pool both kinds of final. Accuracy, in percent: ``wer_finals`` scores each stream's finals,
 joined with spaces, against the references "A B"; ``wer_rest`` scores ``/transcribe`` of the same audio (A, gap,
-B as one WAV upload, done before the streams, one at a time). During the largest run one ``/transcribe`` upload
+B as one WAV upload, done before the streams, one at a time); with ``--encoding mulaw`` or ``alaw`` the streams
+carry the audio resampled to 8 kHz and companded, the upload stays 16 kHz PCM, so the gap is the telephone line's
+cost. During the largest run one ``/transcribe`` upload
 every 2 s checks that uploads are still served (``uploads_ok_during``). A stream counts as an error when it got an
 ``error`` message, a close code other than 1000, or a failed connection; its finals count towards the WER but not
 the latencies. The last line is one JSON object; its top-level figures are the largest run's (``errors``: every
@@ -49,7 +52,7 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from app.client import pcm_chunks, stream_url
+from app.client import TELEPHONE_RATE, g711_chunks, pcm_chunks, stream_url
 from model.audio import decode_audio
 
 from .common import emit, print_table
@@ -133,7 +136,16 @@ def rest_transcripts(url: str, clips: list[Clip], pairs: set[tuple[int, int]], g
                 .raise_for_status().json()["text"] for p in sorted(pairs)}
 
 
-async def play_stream(url: str, audio: np.ndarray, pair: tuple[int, int], delay_s: float) -> StreamResult:
+def encode_chunks(audio: np.ndarray, encoding: str) -> tuple[dict, list[bytes]]:
+    """The stream's config message and its chunks: 16 kHz ``pcm_s16le``, or 8 kHz G.711 (``mulaw``/``alaw``)
+    as a telephone line delivers it."""
+    if encoding == "pcm_s16le":
+        return {"sample_rate": RATE, "encoding": encoding}, pcm_chunks(audio, RATE, CHUNK_MS)
+    return {"sample_rate": TELEPHONE_RATE, "encoding": encoding}, g711_chunks(audio, RATE, encoding, CHUNK_MS)
+
+
+async def play_stream(url: str, audio: np.ndarray, pair: tuple[int, int], delay_s: float,
+                      encoding: str = "pcm_s16le") -> StreamResult:
     """One real-time stream: paced chunks, then eof; records when each chunk went out and each message came in."""
     result = StreamResult(pair)
     await asyncio.sleep(delay_s)
@@ -145,9 +157,10 @@ async def play_stream(url: str, audio: np.ndarray, pair: tuple[int, int], delay_
                     result.messages.append((time.monotonic(), json.loads(raw)))
 
             listener = asyncio.create_task(listen())
-            await ws.send(json.dumps({"type": "config", "sample_rate": RATE, "encoding": "pcm_s16le"}))
+            config, chunks = encode_chunks(audio, encoding)
+            await ws.send(json.dumps({"type": "config", **config}))
             start = time.monotonic()
-            for k, chunk in enumerate(pcm_chunks(audio, RATE, CHUNK_MS)):
+            for k, chunk in enumerate(chunks):
                 await asyncio.sleep(max(0.0, start + k * CHUNK_MS / 1000 - time.monotonic()))
                 await ws.send(chunk)
                 result.sent_at.append(time.monotonic())
@@ -187,11 +200,11 @@ async def upload_every(url: str, wav: bytes, stop: asyncio.Event) -> tuple[int, 
 
 
 async def run_streams(url: str, clips: list[Clip], n: int, gap_s: float, rng: random.Random,
-                      upload_wav: bytes | None) -> tuple[list[StreamResult], str | None]:
+                      upload_wav: bytes | None, encoding: str = "pcm_s16le") -> tuple[list[StreamResult], str | None]:
     """N streams at once, staggered within the first second; with ``upload_wav``, uploads alongside them."""
     stop = asyncio.Event()
     uploads = asyncio.create_task(upload_every(url, upload_wav, stop)) if upload_wav else None
-    results = await asyncio.gather(*(play_stream(url, pair_audio(clips, p, gap_s), p, rng.uniform(0, 1))
+    results = await asyncio.gather(*(play_stream(url, pair_audio(clips, p, gap_s), p, rng.uniform(0, 1), encoding)
                                      for p in clip_pairs(len(clips), n)))
     stop.set()
     if uploads is None:
@@ -258,7 +271,7 @@ def measure(url: str, clips: list[Clip], args: argparse.Namespace, endpoint_s: f
     rows = []
     for i, n in enumerate(runs):
         upload = wav_bytes(clips[0].audio) if i == len(runs) - 1 else None
-        results, uploads = asyncio.run(run_streams(url, clips, n, args.gap_s, rng, upload))
+        results, uploads = asyncio.run(run_streams(url, clips, n, args.gap_s, rng, upload, args.encoding))
         for error in sorted({r.error for r in results if r.error}):
             print(f"{n} streams: error: {error}")
         rows.append(summarise(results, clips, rest, endpoint_s, uploads))
@@ -284,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=32, help="clips taken from the manifest")
     ap.add_argument("--manifest", type=Path, default=None, help="default: the corpus's test_unseen, else the fixtures")
     ap.add_argument("--seed", type=int, default=0, help="seeds the streams' start times")
+    ap.add_argument("--encoding", choices=["pcm_s16le", "mulaw", "alaw"], default="pcm_s16le",
+                    help="mulaw/alaw: the streams arrive as from a telephone line, 8 kHz G.711 (wer_rest stays the "
+                         "16 kHz upload)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an ASR_ setting of the local server, e.g. stream_partial_interval_ms=500 (repeatable)")
     args = ap.parse_args(argv)
@@ -296,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{manifest}: fewer than 2 usable clips")
     print(f"{len(clips)} clips from {manifest}, {sum(len(c.audio) for c in clips) / RATE / len(clips):.1f} s each on "
           f"average; gap {args.gap_s:g} s; runs of {', '.join(map(str, sorted(args.streams)))} streams; "
-          f"server settings: {settings or 'defaults'}")
+          f"server settings: {settings or 'defaults'}; streams in {args.encoding}")
     if args.url:
         rows = measure(args.url.rstrip("/"), clips, args, endpoint_s)
     else:
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows = measure(server.url, clips, args, endpoint_s)
     print_table(rows, COLUMNS)
     emit(rows[-1] | {"errors": sum(r["errors"] for r in rows), "runs": rows, "gap_s": args.gap_s,
-                     "clips": len(clips), "manifest": str(manifest), "settings": settings})
+                     "clips": len(clips), "manifest": str(manifest), "settings": settings, "encoding": args.encoding})
 
 
 if __name__ == "__main__":

@@ -29,3 +29,25 @@ def test_bench_stream_runs_real_time_streams_and_ends_with_its_json_line() -> No
     assert all(isinstance(last[k], float) and last[k] >= 0 for k in ("wer_finals", "wer_rest"))
     ok, posted = map(int, last["uploads_ok_during"].split("/"))
     assert posted >= 1 and ok == posted
+
+
+def test_telephone_streams_carry_8_khz_g711_the_server_decodes_back() -> None:
+    """``--encoding mulaw/alaw``: 100 ms chunks of 800 one-byte samples at 8 kHz, which the server's own G.711
+    decoder turns back into the audio (a 440 Hz tone, band-limited by 8 kHz, comes back within companding noise)."""
+    import numpy as np
+
+    from app.pcm import PcmDecoder
+    from bench.stream import encode_chunks
+    from model.resample import resample
+
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
+    for encoding in ("mulaw", "alaw"):
+        config, chunks = encode_chunks(tone, encoding)
+        assert config == {"sample_rate": 8000, "encoding": encoding}
+        assert [len(c) for c in chunks] == [800] * 10
+        decoder = PcmDecoder(encoding)
+        back = np.concatenate([decoder.decode(c) for c in chunks])
+        narrow = resample(tone, 16000, 8000)
+        assert np.abs(back - narrow).max() < 0.02 and np.corrcoef(back, narrow)[0, 1] > 0.999
+    config, chunks = encode_chunks(tone, "pcm_s16le")
+    assert config == {"sample_rate": 16000, "encoding": "pcm_s16le"} and len(chunks[0]) == 3200
