@@ -5,8 +5,10 @@ B utterances x K beams run as one ``(B*K)``-row batch per step. Every source of 
 (:mod:`model.decoder_scorer`), the CTC prefix scorer (:mod:`model.ctc_prefix`) and word-LM fusion
 (:mod:`model.lm_fusion`). Each step the decoder proposes, the length rules filter its proposals, the other scorers
 score the decoder's best few tokens per beam, and the search keeps the weighted best. Its other jobs are named
-helpers: finishing hypotheses, pruning to K, and letting an utterance whose beams are all finished leave the
-batch, so each step's compute tracks the live hypotheses. :mod:`model.ranking` orders what finished.
+helpers: finishing hypotheses, pruning to K and then to the beams within ``beam_margin`` of their utterance's best,
+and letting an utterance leave the batch once K of its hypotheses have finished or its live ones trail its best
+finished one by ``end_margin``, so each step's compute tracks the hypotheses that can still win.
+:mod:`model.ranking` orders what finished.
 
 With a CTC head the search is joint by default: the CTC prefix probability keeps hypotheses aligned with the audio
 (no dropped or looped words). ``ctc_mode="rescore"`` instead only re-ranks the finished n-best with the
