@@ -96,11 +96,14 @@ def beam_search(
     opts: DecodeOptions,
     ctc_logprobs: torch.Tensor | None = None,
     fusion: WordLMFusion | None = None,
+    keep: int | None = None,
 ) -> list[list[Hypothesis]]:
-    """Decode every utterance of ``memory`` ``(B, T, d)``; returns its ``opts.n_best`` hypotheses, best first.
+    """Decode every utterance of ``memory`` ``(B, T, d)``; returns its ``keep`` (default ``opts.n_best``) best
+    hypotheses, best first. ``end_margin`` stops an utterance only once ``opts.n_best`` have finished.
 
     ``ctc_logprobs`` ``(B, T, V)``: the CTC head's, for joint scoring or re-scoring; ``fusion``: a word LM that
-    joins the search with weight ``opts.lm_fusion_weight``."""
+    joins the search with weight ``opts.lm_fusion_weight``; ``keep``: more hypotheses than the caller's n-best,
+    for its own re-ranking."""
     cfg, batch = model.cfg, memory.shape[0]
     beams = min(opts.beam_size, cfg.vocab_size // 2)
     max_lens = (lengths.float() * opts.max_len_ratio).ceil().long().clamp(1, cfg.max_target_positions - 1)
@@ -127,11 +130,11 @@ def beam_search(
         ends = step.token == cfg.eos_id
         _finish(step, ends, live, t, finished, ctc, beams)
         survivors = _narrow(_prune(step, ends, beams), opts.beam_margin)
-        if not _advance(live, survivors, t, finished, must_end, scorers, beams, opts.end_margin):
+        if not _advance(live, survivors, t, finished, must_end, scorers, beams, opts):
             break
 
     rescore = ctc_logprobs if ctc_weight > 0 and ctc is None else None
-    return rank(finished, opts.n_best, opts.length_penalty, opts.ctc_weight, rescore, lengths)
+    return rank(finished, keep or opts.n_best, opts.length_penalty, opts.ctc_weight, rescore, lengths)
 
 
 @dataclass
@@ -233,22 +236,23 @@ def _narrow(step: _Step, margin: float) -> _Step:
     return narrowed._replace(scores=narrowed.scores.masked_fill(~within[:, :width], float("-inf")))
 
 
-def _decoding(finished: list[Finished], beams: int, best_live: float, end_margin: float) -> bool:
-    """Whether an utterance goes on: fewer than ``beams`` finished, and its best live hypothesis within
-    ``end_margin`` of its best finished one (0: no margin rule)."""
+def _decoding(finished: list[Finished], beams: int, best_live: float, opts: DecodeOptions) -> bool:
+    """Whether an utterance goes on: fewer than ``beams`` finished, and (once it has its n-best) its best live
+    hypothesis within ``end_margin`` of its best finished one (0: no margin rule)."""
     if len(finished) >= beams:
         return False
-    return not (end_margin and finished and best_live < max(h.score for h in finished) - end_margin)
+    margin = opts.end_margin
+    return not (margin and len(finished) >= opts.n_best and best_live < max(h.score for h in finished) - margin)
 
 
 def _advance(live: _Beams, step: _Step, t: int, finished: list[list[Finished]], must_end: torch.Tensor,
-             scorers: list[Scorer], beams: int, end_margin: float) -> bool:
+             scorers: list[Scorer], beams: int, opts: DecodeOptions) -> bool:
     """Move the survivors into place in every scorer. An utterance with K finished hypotheses, out of length
-    budget, or whose live hypotheses trail its best finished one by ``end_margin``, leaves the batch; returns False
+    budget, or whose live hypotheses trail its best finished one by ``opts.end_margin``, leaves the batch; returns False
     when none is left. The survivors may be fewer per utterance than the live beams were (``_narrow``)."""
     live_beams, new_beams = live.scores.shape[1], step.scores.shape[1]
     best_live = step.scores[:, 0].tolist()
-    still = torch.tensor([_decoding(finished[i], beams, best, end_margin) for i, best in zip(live.active, best_live)],
+    still = torch.tensor([_decoding(finished[i], beams, best, opts) for i, best in zip(live.active, best_live)],
                          device=must_end.device) & ~must_end
     if not bool(still.any()):
         return False

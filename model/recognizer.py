@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -122,8 +122,7 @@ class Recognizer:
             return [self._best_path(logp[: int(n)], len(wav) / self.sample_rate)
                     for wav, logp, n in zip(waveforms, ctc, lengths)]
         with autocast(self.device, self.dtype):
-            nbest = beam_search(self.model, memory, lengths, replace(opts, n_best=opts.beam_size) if rerank else opts, ctc,
-                                fusion)
+            nbest = beam_search(self.model, memory, lengths, opts, ctc, fusion, keep=opts.beam_size if rerank else None)
         results = []
         for i, (wav, hyps) in enumerate(zip(waveforms, nbest)):
             scored = [(self.tokenizer.decode(h.tokens), h.score, h) for h in hyps]

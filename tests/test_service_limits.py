@@ -25,8 +25,8 @@ UPLOAD_LIMIT = 300_000
 @pytest.fixture(scope="module")
 def strict(launch):
     """Auth on, a queue of 2 that a 1.5 s batching wait keeps full, small upload and length limits."""
-    with launch(api_key=KEY, queue_depth=2, max_batch_size=4, max_wait_ms=1500, max_upload_bytes=UPLOAD_LIMIT,
-                max_audio_seconds=5, cors_origins=["https://app.example"]) as live:
+    with launch(api_key=KEY, queue_depth=2, max_batch_size=4, max_wait_ms=1500, idle_wait_ms=1500,
+                max_upload_bytes=UPLOAD_LIMIT, max_audio_seconds=5, cors_origins=["https://app.example"]) as live:
         yield live
 
 
@@ -173,7 +173,7 @@ def test_a_client_that_disconnects_is_dropped_from_pending_work(strict, speech, 
 
 def test_graceful_shutdown_finishes_in_flight_work(launch, speech) -> None:
     results: list[httpx.Response] = []
-    with launch(max_wait_ms=800) as live:
+    with launch(max_wait_ms=800, idle_wait_ms=800) as live:
         sender = threading.Thread(target=lambda: results.append(
             httpx.post(live.url + "/transcribe", files={"file": ("a.wav", speech["hello"].wav)}, timeout=60)))
         sender.start()
