@@ -84,8 +84,9 @@ class CTCPrefixScorer:
         return torch.where(torch.isfinite(scores), scores - self.prev[:, None], IMPOSSIBLE)
 
     def _log_dot(self, log_a: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """``log sum_t exp(log_a[t, r]) * probs[u, t, v]`` for ``log_a`` ``(T, rows)`` and the probabilities of each
-        row's utterance ``probs`` ``(n, T, V)`` (``(rows, V)``), or of one token per row ``(rows, T)`` (``(rows, 1)``)."""
+        """``log sum_t exp(log_a[t, r]) * probs[u, t, v]`` for ``log_a`` ``(T, rows)`` and the probabilities of
+        each row's utterance ``probs`` ``(n, T, V)`` (gives ``(rows, V)``), or of one token per row ``(rows, T)``
+        (gives ``(rows, 1)``)."""
         rows = log_a.shape[1]
         peak = log_a.max(0).values.clamp(min=-UNLIKELY)
         a = (log_a - peak).double().exp().T  # (rows, T)

@@ -124,8 +124,8 @@ def beam_search(
     live = _Beams.start(max_lens, beams, steps)
     finished: list[list[Finished]] = [[] for _ in range(batch)]
     for t in range(steps):
-        logp, must_end = _length_rules(decoder.extend(None).view(len(live.active), live.scores.shape[1], -1), t, live.max_len,
-                                       opts.min_len, cfg.eos_id)
+        logp = decoder.extend(None).view(len(live.active), live.scores.shape[1], -1)
+        logp, must_end = _length_rules(logp, t, live.max_len, opts.min_len, cfg.eos_id)
         step = _expand(live, logp, 1.0 if ctc is None else 1 - ctc_weight, others, width, beams)
         ends = step.token == cfg.eos_id
         _finish(step, ends, live, t, finished, ctc, beams)
@@ -193,7 +193,8 @@ def _expand(live: _Beams, logp: torch.Tensor, weight: float, others: list[tuple[
         logp, tokens = logp.topk(width, dim=-1)
     gain = logp if weight == 1.0 else weight * logp
     for scorer, w in others:
-        gain = gain + w * scorer.extend(None if tokens is None else tokens.view(n * live_beams, -1)).view(n, live_beams, -1)
+        extra = scorer.extend(None if tokens is None else tokens.view(n * live_beams, -1))
+        gain = gain + w * extra.view(n, live_beams, -1)
     candidates = (live.scores[:, :, None] + gain).view(n, -1)
     top_scores, top_idx = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)
     parent = top_idx // gain.shape[-1]
@@ -248,8 +249,8 @@ def _decoding(finished: list[Finished], beams: int, best_live: float, opts: Deco
 def _advance(live: _Beams, step: _Step, t: int, finished: list[list[Finished]], must_end: torch.Tensor,
              scorers: list[Scorer], beams: int, opts: DecodeOptions) -> bool:
     """Move the survivors into place in every scorer. An utterance with K finished hypotheses, out of length
-    budget, or whose live hypotheses trail its best finished one by ``opts.end_margin``, leaves the batch; returns False
-    when none is left. The survivors may be fewer per utterance than the live beams were (``_narrow``)."""
+    budget, or whose live hypotheses trail its best finished one by ``opts.end_margin``, leaves the batch; returns
+    False when none is left. The survivors may be fewer per utterance than the live beams were (``_narrow``)."""
     live_beams, new_beams = live.scores.shape[1], step.scores.shape[1]
     best_live = step.scores[:, 0].tolist()
     still = torch.tensor([_decoding(finished[i], beams, best, opts) for i, best in zip(live.active, best_live)],

@@ -94,8 +94,8 @@ def test_word_timings_follow_the_audio(recognizer: Recognizer) -> None:
         assert all(abs(y.start - x.start - 1.0) <= 0.081 for x, y in zip(a.words, b.words)), (a.words, b.words)
 
 
-def test_search_margins_narrow_the_beam_and_stop_early_but_keep_the_transcripts(recognizer: Recognizer,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_margins_narrow_the_beam_and_stop_early_but_keep_the_transcripts(
+        recognizer: Recognizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """``beam_margin`` and ``end_margin`` (the defaults) against the full beam to the end: the same transcripts from
     fewer decoder rows; on audio cut off mid-sentence (where most of a full beam finishes far behind the best) in
     fewer steps too. Alone and in a batch, each utterance gets the same text."""
@@ -107,8 +107,8 @@ def test_search_margins_narrow_the_beam_and_stop_early_but_keep_the_transcripts(
     cut = joined[: int(len(joined) * 0.8)]
     seen: list[int] = []
     extend = DecoderScorer.extend
-    monkeypatch.setattr(DecoderScorer, "extend", lambda self, tokens: seen.append(int(self.last.numel()))
-                        or extend(self, tokens))
+    monkeypatch.setattr(DecoderScorer, "extend",
+                        lambda self, tokens: seen.append(int(self.last.numel())) or extend(self, tokens))
 
     def search(opts: DecodeOptions) -> tuple[str, int, int]:
         seen.clear()
