@@ -43,10 +43,10 @@ class BatchPolicy:
     max_items: int = 16
     max_padded_seconds: float = 160.0
     max_wait_s: float = 0.02  # once a segment waits, how long to wait for company
+    max_incoming_wait_s: float = 0.25  # ... for as long as requests are being decoded and will arrive any moment
     # ... when it finds the engine idle (no batch for max_wait_s, no upload being decoded): nobody else is about to
     # send anything, so waiting would only add latency; a few ms still gather a burst that arrives at once
     idle_wait_s: float = 0.002
-    max_incoming_wait_s: float = 0.25  # ... for as long as requests are being decoded and will arrive any moment
     queue_depth: int = 128
 
 

@@ -230,7 +230,7 @@ def _narrow(step: _Step, margin: float) -> _Step:
         return step
     within = step.scores >= step.scores[:, :1] - margin
     width = max(1, int(within.sum(1).max()))
-    if bool(within[:, :width].all()) and width == step.scores.shape[1]:
+    if bool(within.all()):
         return step
     columns = torch.arange(width, device=step.scores.device).expand(step.scores.shape[0], -1)
     narrowed = step.take(columns)
