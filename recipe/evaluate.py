@@ -3,6 +3,9 @@ exact-match rate (overall and on utterances of 1-3 words).
 
     python -m recipe.evaluate --weights weights --manifest data/corpus/test_seen.jsonl [--beam 5] [--report out.json]
 
+``--channel mulaw`` (or ``alaw``) first sends every clip down a telephone line, as a caller's audio reaches the
+server: resampled to 8 kHz, G.711-encoded, decoded by the server's stream decoder and resampled back.
+
 ``--oracle`` also reports the WER of the best hypothesis in each utterance's finished beam (chosen by its errors
 against the reference): how far any re-ranking of the same search could go.
 """
@@ -18,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
 import torch
 
+from app.client import TELEPHONE_RATE, g711_bytes
+from app.pcm import PcmDecoder
 from model.audio import decode_audio
 from model.decoding import DecodeOptions
 from model.recognizer import Recognizer
+from model.resample import resample
 
 from .manifest import read_manifest
 
@@ -71,10 +78,21 @@ def _group(by_voice: dict[str, list[int]]) -> dict[str, list[int]]:
     return out
 
 
+CHANNELS = ("wideband", "mulaw", "alaw")  # the clip as it is, or through an 8 kHz G.711 telephone line
+
+
+def telephone_line(wave: np.ndarray, rate: int, encoding: str) -> np.ndarray:
+    """``wave`` as the server hears it from a telephone stream of ``encoding`` (``mulaw`` or ``alaw``)."""
+    heard = PcmDecoder(encoding).decode(g711_bytes(wave, rate, encoding))
+    return resample(heard, TELEPHONE_RATE, rate)
+
+
 def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_size: int = 16,
-             oracle: bool = False) -> dict[str, Any]:
+             oracle: bool = False, channel: str = "wideband") -> dict[str, Any]:
     utts = read_manifest(manifest)
     waves = [decode_audio(u.audio.read_bytes(), rec.sample_rate)[0] for u in utts]
+    if channel != "wideband":
+        waves = [telephone_line(w, rec.sample_rate, channel) for w in waves]
     order = sorted(range(len(utts)), key=lambda i: waves[i].size)  # similar lengths batch with little padding
     if oracle:  # the best-first list of every finished hypothesis; its first entry is the usual transcript
         opts = replace(opts, n_best=opts.beam_size)
@@ -94,6 +112,7 @@ def evaluate(rec: Recognizer, manifest: str | Path, opts: DecodeOptions, batch_s
     refs = [u.text for u in utts]
     out = {
         "manifest": str(manifest),
+        "channel": channel,
         **score(refs, [hyps[i] for i in range(len(utts))]),
         "audio_seconds": round(audio_s, 1),
         "rtf": round(wall / audio_s, 4),
@@ -140,6 +159,8 @@ def main() -> None:
                                                 "or 'none'")
     p.add_argument("--oracle", action="store_true",
                    help="also report the WER of the best hypothesis in each finished beam (oracle_wer)")
+    p.add_argument("--channel", choices=CHANNELS, default="wideband",
+                   help="mulaw/alaw: every clip through an 8 kHz G.711 telephone line first, as the server hears it")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
@@ -152,10 +173,11 @@ def main() -> None:
     opts = decode_options(a)
     reports = []
     for m in a.manifest:
-        r = evaluate(rec, m, opts, a.batch_size, a.oracle)
+        r = evaluate(rec, m, opts, a.batch_size, a.oracle, a.channel)
         reports.append(r)
         oracle = f", oracle of the {r['n_best']}-best {r['oracle_wer']:.2%}" if a.oracle else ""
-        print(f"{m}: {describe(r)} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
+        line = "" if a.channel == "wideband" else f" (through a {a.channel} telephone line)"
+        print(f"{m}{line}: {describe(r)} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: {describe(s)} ({s['utterances']} utterances)")
     summary = {"weights": str(a.weights), "beam": opts.beam_size, "ctc_weight": opts.ctc_weight,

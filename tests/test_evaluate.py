@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recipe.evaluate import score
+import numpy as np
+
+from recipe.evaluate import score, telephone_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ROOT / "tests" / "fixtures" / "clips.jsonl"
@@ -57,3 +59,18 @@ def test_exact_match_counts_whole_utterances_overall_and_of_1_to_3_words() -> No
     assert score(["seven"], [" Seven "])["exact"] == 1.0  # words compared lower-cased, as the references are
     none_short = score(["the quick brown fox"], ["the quick brown fox"])
     assert none_short["exact"] == 1.0 and none_short["exact_short"] is None and none_short["short_utterances"] == 0
+
+
+def test_a_telephone_line_carries_the_voice_band_and_drops_what_8_khz_cannot() -> None:
+    rate = 16000
+    t = np.arange(rate) / rate
+    voice, high = 0.3 * np.sin(2 * np.pi * 1000 * t), 0.3 * np.sin(2 * np.pi * 6000 * t)
+    for encoding in ("mulaw", "alaw"):
+        heard = telephone_line((voice + high).astype(np.float32), rate, encoding)
+        assert abs(heard.size - rate) <= 2
+        middle = slice(4000, 12000)  # half a second away from the resampler's ramps at the ends: 2 Hz bins
+        spectrum = np.abs(np.fft.rfft(heard[middle]))
+        sent = np.abs(np.fft.rfft((voice + high)[middle]))
+        assert 0.9 < spectrum[500] / sent[500] < 1.1  # 1 kHz, the voice band, arrives, companding noise and all
+        assert spectrum[3000] < 0.01 * sent[3000]  # 6 kHz, above the 4 kHz a line carries, does not
+        assert 0 < np.abs(heard - voice)[middle].max() < 0.05
