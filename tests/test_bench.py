@@ -56,20 +56,22 @@ def test_bench_compare_reports_wer_and_exact_match_for_both(tmp_path: Path) -> N
     assert last["utterances"] == 2 and last["short_utterances"] == 1
     assert last["wer_ours"] == 0.0 and last["exact_ours"] == 1.0 and last["exact_short_ours"] == 1.0
     assert 0.0 <= last["exact_peer"] <= 1.0 and last["exact_short_peer"] in (0.0, 1.0)
-    assert last["speed_ratio_server"] > 0 and last["server_concurrency"] == 16
-    assert "| exact |" in out.stdout and "HTTP server, 16 clients at once" in out.stdout
+    assert last["speed_ratio_server"] > 0 and last["server_concurrency"] == 16 and last["wer_server"] == 0.0
+    assert "| exact |" in out.stdout and "HTTP server, default beam, 16 clients at once" in out.stdout
 
 
-def test_bench_compare_server_run_posts_every_file_to_a_real_server(tmp_path: Path) -> None:
-    """The server half of ``bench.compare`` (the peer is bench-only): every committed clip posted by 3 clients
-    at once to a real server of the shipped weights, each answered, timed from the first post to the last answer."""
-    from bench.compare import server_throughput
+def test_bench_compare_server_run_transcribes_every_file_through_a_real_server(tmp_path: Path) -> None:
+    """The server half of ``bench.compare`` (the peer is bench-only): every committed clip posted by 3 clients at
+    once to a real server of the shipped weights, each transcript back in the files' order."""
+    from bench.compare import serve_all
 
     clips = ROOT / "tests" / "fixtures" / "clips.jsonl"
-    files = [clips.parent / json.loads(line)["audio"] for line in clips.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in clips.read_text().splitlines() if line.strip()]
+    files = [clips.parent / r["audio"] for r in rows]
     seconds = sum(sf.info(str(f)).duration for f in files)
-    rate = server_throughput(ROOT / "weights", files, seconds, concurrency=3, beam=5, threads=1, scratch=tmp_path)
-    assert 0 < rate < 1000  # a failed post raises (raise_for_status)
+    rate, texts = serve_all(ROOT / "weights", files, seconds, concurrency=3, threads=1, scratch=tmp_path)
+    assert texts == [r["text"] for r in rows]  # the shipped model gets every clip right (test_shipped_model)
+    assert 0 < rate < 1000
 
 
 def test_gpu_check_dry_run_on_the_cpu_reports_every_figure(tmp_path: Path) -> None:
