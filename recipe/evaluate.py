@@ -176,7 +176,7 @@ def main() -> None:
         r = evaluate(rec, m, opts, a.batch_size, a.oracle, a.channel)
         reports.append(r)
         oracle = f", oracle of the {r['n_best']}-best {r['oracle_wer']:.2%}" if a.oracle else ""
-        line = "" if a.channel == "wideband" else f" (through a {a.channel} telephone line)"
+        line = "" if a.channel == "wideband" else f" (through an 8 kHz {a.channel} telephone line)"
         print(f"{m}{line}: {describe(r)} over {r['utterances']} utterances, RTF {r['rtf']:.3f}{oracle}")
         for v, s in r["per_engine"].items():
             print(f"  {v}: {describe(s)} ({s['utterances']} utterances)")
