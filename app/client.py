@@ -13,6 +13,8 @@ from websockets.asyncio.client import connect
 
 from model.audio import decode_audio
 
+from .pcm import G711_SUBTYPES
+
 TELEPHONE_RATE = 8000  # G.711's sample rate
 
 
@@ -58,7 +60,7 @@ def g711_bytes(audio: np.ndarray, rate: int, encoding: str) -> bytes:
 
     buf = io.BytesIO()
     sf.write(buf, resample(audio, rate, TELEPHONE_RATE), TELEPHONE_RATE, format="RAW",
-             subtype={"mulaw": "ULAW", "alaw": "ALAW"}[encoding])
+             subtype=G711_SUBTYPES[encoding])
     return buf.getvalue()
 
 

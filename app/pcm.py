@@ -34,11 +34,12 @@ def _g711(subtype: str) -> Encoding:
     return Encoding(1, lambda data: table[np.frombuffer(data, np.uint8)])
 
 
+G711_SUBTYPES: dict[str, str] = {"mulaw": "ULAW", "alaw": "ALAW"}  # our encoding names -> libsndfile's
+
 ENCODINGS: dict[str, Encoding] = {
     "pcm_s16le": _linear("<i2", 1 / 32768),
     "f32le": _linear("<f4", 1.0),
-    "mulaw": _g711("ULAW"),
-    "alaw": _g711("ALAW"),
+    **{name: _g711(subtype) for name, subtype in G711_SUBTYPES.items()},
 }
 
 

@@ -53,6 +53,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from app.client import TELEPHONE_RATE, g711_chunks, pcm_chunks, stream_url
+from app.pcm import G711_SUBTYPES
 from model.audio import decode_audio
 
 from .common import emit, print_table
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=32, help="clips taken from the manifest")
     ap.add_argument("--manifest", type=Path, default=None, help="default: the corpus's test_unseen, else the fixtures")
     ap.add_argument("--seed", type=int, default=0, help="seeds the streams' start times")
-    ap.add_argument("--encoding", choices=["pcm_s16le", "mulaw", "alaw"], default="pcm_s16le",
+    ap.add_argument("--encoding", choices=["pcm_s16le", *G711_SUBTYPES], default="pcm_s16le",
                     help="mulaw/alaw: the streams arrive as from a telephone line, 8 kHz G.711 (wer_rest stays the "
                          "16 kHz upload)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from app.client import TELEPHONE_RATE, g711_bytes
-from app.pcm import PcmDecoder
+from app.pcm import G711_SUBTYPES, PcmDecoder
 from model.audio import decode_audio
 from model.decoding import DecodeOptions
 from model.recognizer import Recognizer
@@ -78,7 +78,7 @@ def _group(by_voice: dict[str, list[int]]) -> dict[str, list[int]]:
     return out
 
 
-CHANNELS = ("wideband", "mulaw", "alaw")  # the clip as it is, or through an 8 kHz G.711 telephone line
+CHANNELS = ("wideband", *G711_SUBTYPES)  # the clip as it is, or through an 8 kHz G.711 telephone line
 
 
 def telephone_line(wave: np.ndarray, rate: int, encoding: str) -> np.ndarray:
