@@ -90,5 +90,8 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
 
 
 def finish(world: World) -> None:
+    """Leave the group together: a rank that exits while rank 0 still exports closes its gloo connections under
+    rank 0, which gloo may report as a lost peer."""
     if world.parallel:
+        dist.barrier()
         dist.destroy_process_group()
